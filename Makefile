@@ -1,0 +1,59 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create .venv, install the package with its extras, run `mdn demo`
+#   make test   install dev tools, lint, type-check, run the fast test suite
+# torch is pinned in constraints.txt to 2.13.0: pip takes the CPU wheel on local disk;
+# an open range would pull a multi-GB CUDA build. Use pip, not uv/poetry (they miss that wheel).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+CONSTRAINTS := constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint typecheck pytest test-slow bench-smoke bench install dev format clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamp files so that a second `make` does not reinstall anything.
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PIP) install -q -c $(CONSTRAINTS) "torch==2.13.0"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[all]"
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+demo: install
+	$(VENV)/bin/mdn demo
+
+lint: dev
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+
+typecheck: dev
+	$(VENV)/bin/mypy
+
+pytest: dev
+	$(PY) -m pytest -m "not slow" -n 2 -q
+
+bench-smoke: dev
+	$(PY) benchmarks/speed.py --quick
+	$(PY) benchmarks/uci.py --quick
+
+test: lint typecheck pytest bench-smoke
+
+test-slow: dev
+	$(PY) -m pytest -m slow -q
+
+format: dev
+	$(VENV)/bin/ruff format src tests benchmarks examples
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
