@@ -1,0 +1,350 @@
+"""Noise models: raw head outputs -> scale factors of the mixture components.
+
+A mixture density head emits one flat vector of unconstrained numbers per input. This module
+owns the part of that vector that describes the spread of each component, for five noise models:
+
+=============================  =========================  ======================================
+noise type                     raw outputs per input      parameter handed to ``GaussianMixture``
+=============================  =========================  ======================================
+``full``                       ``K * D * (D + 1) / 2``    ``precision_tril`` ``(*batch, K, D, D)``
+``diagonal``                   ``K * D``                  ``scale`` ``(*batch, K, D)``
+``isotropic``                  ``K``                      ``scale`` ``(*batch, K, 1)``
+``isotropic_across_clusters``  ``1``                      ``scale`` ``(*batch, 1, 1)``
+``fixed``                      ``0``                      ``scale`` ``(*batch, 1, 1)`` (a buffer)
+=============================  =========================  ======================================
+
+Every learned scale is ``softplus(raw) + min_scale``. The ``min_scale`` floor is what keeps the
+likelihood bounded: with ``sigma = exp(raw)`` a component can shrink onto one training point,
+``sigma`` underflows to 0 (or overflows to inf for large ``raw``) and the loss becomes inf/NaN.
+``softplus`` grows only linearly, so large ``raw`` stays finite as well.
+
+Isotropic scales keep a trailing axis of size 1 and *broadcast* over ``D``, so component ``k``
+always uses its own ``sigma_k`` (tiling the ``(*batch, K)`` tensor with ``repeat`` would hand
+component ``k`` the sigma of other components once ``D > 1`` and ``K > 1``).
+
+Full covariance (what the floor bounds)
+---------------------------------------
+The head emits the lower-triangular Cholesky factor ``P`` of the *precision*,
+``Sigma^-1 = P P^T``, so that the log-density needs one triangular mat-vec and no solve:
+``log N(y) = -||P^T (y - mu)||^2 / 2 + sum_i log P_ii - D/2 log(2 pi)``. Its diagonal is
+``P_ii = 1 / (softplus(raw_ii) + min_scale)`` and its strictly lower part is ``raw`` unchanged.
+
+With ``U = P^-T`` (upper triangular, ``Sigma = U U^T``, ``U_ii = 1 / P_ii``) one has
+``U_ii = sd(y_i | y_{i+1}, ..., y_D)``: ``1 / P_ii`` is the standard deviation of output ``i``
+given the outputs *after* it. The floor therefore guarantees, for every component,
+
+* ``sd(y_i | y_{i+1:}) >= min_scale`` for every ``i``, hence the marginal
+  ``sd(y_i) >= min_scale`` (conditioning never increases variance);
+* ``det(Sigma) = prod_i U_ii^2 >= min_scale^(2 D)``, hence the component density is at most
+  ``(2 pi)^(-D/2) * min_scale^(-D)``: the negative log-likelihood is bounded below and cannot
+  run off to ``-inf``.
+
+It does **not** bound the smallest eigenvalue of ``Sigma``: strong correlations (large
+off-diagonal ``P_ij``) may still make the density very thin along some direction, while
+keeping ``det(Sigma)`` above the floor. The density is finite there all the same.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import TypedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "NoiseType",
+    "ScaleParameters",
+    "bounded_scale",
+    "inverse_bounded_scale",
+    "n_scale_outputs",
+    "precision_tril_from_raw",
+    "scale_from_raw",
+    "scale_parameters",
+]
+
+
+class NoiseType(str, Enum):
+    """How the spread of the mixture components is parameterized.
+
+    Attributes:
+        FULL: a full covariance matrix per component (through its precision Cholesky factor).
+        DIAGONAL: one standard deviation per component and output dimension.
+        ISOTROPIC: one standard deviation per component, shared by all output dimensions.
+        ISOTROPIC_ACROSS_CLUSTERS: one standard deviation per input, shared by all components
+            and output dimensions.
+        FIXED: a constant standard deviation chosen by the user (not learned).
+
+    Strings are accepted wherever a ``NoiseType`` is, case-insensitively.
+
+    Example:
+        >>> NoiseType.parse("Diagonal")
+        <NoiseType.DIAGONAL: 'diagonal'>
+        >>> NoiseType("FULL") is NoiseType.FULL
+        True
+    """
+
+    FULL = "full"
+    DIAGONAL = "diagonal"
+    ISOTROPIC = "isotropic"
+    ISOTROPIC_ACROSS_CLUSTERS = "isotropic_across_clusters"
+    FIXED = "fixed"
+
+    @classmethod
+    def _missing_(cls, value: object) -> NoiseType | None:
+        # Called by ``NoiseType(value)`` when no value matches exactly: accept any case.
+        if isinstance(value, str):
+            for member in cls:
+                if member.value == value.strip().lower():
+                    return member
+        return None
+
+    @classmethod
+    def parse(cls, value: NoiseType | str) -> NoiseType:
+        """Coerce a ``NoiseType`` or its name (any case) to a ``NoiseType``.
+
+        Args:
+            value: a member, or one of the strings ``"full"``, ``"diagonal"``,
+                ``"isotropic"``, ``"isotropic_across_clusters"``, ``"fixed"``.
+
+        Returns:
+            The matching member.
+
+        Raises:
+            TypeError: if ``value`` is neither a ``NoiseType`` nor a string.
+            ValueError: if ``value`` names no noise type; the message lists the options.
+        """
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(
+                f"noise_type must be a NoiseType or a string, got {type(value).__name__}: "
+                f"{value!r}. Options: {cls.options()}."
+            )
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(
+                f"noise_type must be one of {cls.options()} (case-insensitive), got {value!r}."
+            ) from None
+
+    @classmethod
+    def options(cls) -> str:
+        """The accepted names, comma separated, for error messages."""
+        return ", ".join(repr(member.value) for member in cls)
+
+
+class ScaleParameters(TypedDict, total=False):
+    """The one spread argument of ``GaussianMixture`` a noise model produces."""
+
+    scale: Tensor
+    precision_tril: Tensor
+
+
+def n_scale_outputs(noise_type: NoiseType | str, n_components: int, dim_out: int) -> int:
+    """Number of raw head outputs the noise model needs per input.
+
+    Args:
+        noise_type: the noise model.
+        n_components: number of mixture components ``K``.
+        dim_out: output dimension ``D``.
+
+    Returns:
+        ``K * D * (D + 1) / 2`` (full), ``K * D`` (diagonal), ``K`` (isotropic),
+        ``1`` (isotropic across clusters) or ``0`` (fixed).
+
+    Example:
+        >>> n_scale_outputs("full", n_components=3, dim_out=2)
+        9
+    """
+    noise_type = NoiseType.parse(noise_type)
+    K, D = n_components, dim_out
+    if noise_type is NoiseType.FULL:
+        return K * D * (D + 1) // 2
+    if noise_type is NoiseType.DIAGONAL:
+        return K * D
+    if noise_type is NoiseType.ISOTROPIC:
+        return K
+    if noise_type is NoiseType.ISOTROPIC_ACROSS_CLUSTERS:
+        return 1
+    return 0
+
+
+def bounded_scale(raw: Tensor, min_scale: float) -> Tensor:
+    """Map unconstrained numbers to scales ``softplus(raw) + min_scale``.
+
+    The result is ``>= min_scale`` for every finite ``raw`` (``softplus`` underflows to 0, never
+    below) and grows linearly, not exponentially, for large ``raw``.
+
+    Args:
+        raw: any shape.
+        min_scale: the floor, a positive float in the units of the targets.
+
+    Returns:
+        Same shape and dtype as ``raw``.
+
+    Example:
+        >>> bounded_scale(torch.tensor([-1e4, 0.0, 1e4]), min_scale=1e-3)
+        tensor([1.0000e-03, 6.9415e-01, 1.0000e+04])
+    """
+    return F.softplus(raw) + min_scale
+
+
+def inverse_bounded_scale(scale: Tensor, min_scale: float) -> Tensor:
+    """Inverse of :func:`bounded_scale`: the ``raw`` that gives ``scale``.
+
+    Args:
+        scale: any shape, every entry ``> min_scale``.
+        min_scale: the floor used by :func:`bounded_scale`.
+
+    Returns:
+        Same shape as ``scale``.
+
+    Raises:
+        ValueError: if some ``scale <= min_scale`` (no finite ``raw`` maps there).
+
+    Example:
+        >>> raw = inverse_bounded_scale(torch.tensor([0.5, 2.0]), min_scale=1e-3)
+        >>> bounded_scale(raw, min_scale=1e-3).tolist()
+        [0.5, 2.0]
+    """
+    excess = scale - min_scale
+    if bool((excess <= 0).any()):
+        raise ValueError(
+            f"scale must exceed min_scale={min_scale} everywhere, got minimum {scale.min().item()}."
+        )
+    # softplus^-1(s) = log(expm1(s)) = s + log(-expm1(-s)); the second form does not overflow
+    # for large s and is exact for small s.
+    return excess + torch.log(-torch.expm1(-excess))
+
+
+def scale_from_raw(
+    noise_type: NoiseType | str,
+    raw: Tensor,
+    n_components: int,
+    dim_out: int,
+    min_scale: float,
+) -> Tensor:
+    """Elementwise standard deviations for the diagonal and isotropic noise models.
+
+    Args:
+        noise_type: ``diagonal``, ``isotropic`` or ``isotropic_across_clusters``.
+        raw: ``(*batch, n_scale_outputs(noise_type, K, D))`` head outputs.
+        n_components: ``K``.
+        dim_out: ``D``.
+        min_scale: the floor on every standard deviation.
+
+    Returns:
+        ``(*batch, K, D)`` (diagonal), ``(*batch, K, 1)`` (isotropic) or ``(*batch, 1, 1)``
+        (isotropic across clusters); the size-1 axes broadcast against ``loc (*batch, K, D)``.
+
+    Example:
+        >>> scale_from_raw("isotropic", torch.zeros(4, 3), 3, 2, min_scale=1e-3).shape
+        torch.Size([4, 3, 1])
+    """
+    noise_type = NoiseType.parse(noise_type)
+    if noise_type is NoiseType.DIAGONAL:
+        shape: tuple[int, int] = (n_components, dim_out)
+    elif noise_type is NoiseType.ISOTROPIC:
+        shape = (n_components, 1)
+    elif noise_type is NoiseType.ISOTROPIC_ACROSS_CLUSTERS:
+        shape = (1, 1)
+    else:
+        raise ValueError(
+            f"scale_from_raw handles 'diagonal', 'isotropic' and 'isotropic_across_clusters', "
+            f"got noise_type={noise_type.value!r}."
+        )
+    _check_last_dim(raw, math.prod(shape))
+    return bounded_scale(raw.unflatten(-1, shape), min_scale)
+
+
+def precision_tril_from_raw(
+    raw: Tensor, n_components: int, dim_out: int, min_scale: float
+) -> Tensor:
+    """Lower Cholesky factor ``P`` of each component's precision, ``Sigma^-1 = P P^T``.
+
+    Layout of the ``D * (D + 1) / 2`` raw numbers of one component: the first ``D`` give the
+    diagonal, ``P_ii = 1 / (softplus(raw_i) + min_scale)``, so that ``1 / P_ii``, the standard
+    deviation of ``y_i`` given ``y_{i+1:}``, is at least ``min_scale`` (see the module
+    docstring for what this bounds); the remaining ``D * (D - 1) / 2`` fill the strictly lower
+    triangle, row by row (``torch.tril_indices(D, D, -1)`` order), unconstrained.
+
+    Args:
+        raw: ``(*batch, K * D * (D + 1) / 2)`` head outputs.
+        n_components: ``K``.
+        dim_out: ``D``.
+        min_scale: the floor on ``1 / P_ii``.
+
+    Returns:
+        ``(*batch, K, D, D)``, lower triangular with a positive diagonal.
+
+    Example:
+        >>> P = precision_tril_from_raw(torch.zeros(3), 1, 2, min_scale=1e-3)
+        >>> P.shape
+        torch.Size([1, 2, 2])
+    """
+    K, D = n_components, dim_out
+    _check_last_dim(raw, K * D * (D + 1) // 2)
+    raw = raw.unflatten(-1, (K, D * (D + 1) // 2))  # (*batch, K, D(D+1)/2)
+    diagonal = 1.0 / bounded_scale(raw[..., :D], min_scale)  # (*batch, K, D)
+    values = torch.cat([diagonal, raw[..., D:]], dim=-1)  # (*batch, K, D(D+1)/2)
+    # One scatter into the flattened D x D matrix; positions of the diagonal, then the
+    # strictly lower triangle, as row-major flat indices.
+    flat_index = _tril_flat_index(D, raw.device)
+    out = values.new_zeros((*values.shape[:-1], D * D))
+    out = out.index_copy(-1, flat_index, values)  # (*batch, K, D * D)
+    return out.unflatten(-1, (D, D))
+
+
+def scale_parameters(
+    noise_type: NoiseType | str,
+    raw: Tensor,
+    n_components: int,
+    dim_out: int,
+    min_scale: float,
+    fixed_scale: Tensor | None = None,
+) -> ScaleParameters:
+    """Keyword arguments for ``GaussianMixture`` describing the component spread.
+
+    Args:
+        noise_type: the noise model.
+        raw: ``(*batch, n_scale_outputs(noise_type, K, D))`` head outputs (``(*batch, 0)`` for
+            ``fixed``; only its batch shape, dtype and device are used then).
+        n_components: ``K``.
+        dim_out: ``D``.
+        min_scale: the floor of the learned scales.
+        fixed_scale: the constant standard deviation, a 0-d tensor; ``fixed`` only.
+
+    Returns:
+        ``{"precision_tril": (*batch, K, D, D)}`` for ``full``, else ``{"scale": ...}`` with
+        the shapes of :func:`scale_from_raw`, or ``(*batch, 1, 1)`` for ``fixed``.
+
+    Example:
+        >>> params = scale_parameters("diagonal", torch.zeros(5, 6), 3, 2, min_scale=1e-3)
+        >>> params["scale"].shape
+        torch.Size([5, 3, 2])
+    """
+    noise_type = NoiseType.parse(noise_type)
+    if noise_type is NoiseType.FULL:
+        return {"precision_tril": precision_tril_from_raw(raw, n_components, dim_out, min_scale)}
+    if noise_type is NoiseType.FIXED:
+        if fixed_scale is None:
+            raise ValueError("noise_type='fixed' needs fixed_scale, got None.")
+        # expand is a view: no copy, but every noise model yields a scale with the batch shape.
+        scale = fixed_scale.to(dtype=raw.dtype, device=raw.device)
+        return {"scale": scale.expand(*raw.shape[:-1], 1, 1)}
+    return {"scale": scale_from_raw(noise_type, raw, n_components, dim_out, min_scale)}
+
+
+def _check_last_dim(raw: Tensor, expected: int) -> None:
+    if raw.dim() == 0 or raw.shape[-1] != expected:
+        raise ValueError(f"raw must have shape (*batch, {expected}), got {tuple(raw.shape)}.")
+
+
+def _tril_flat_index(D: int, device: torch.device) -> Tensor:
+    """Row-major flat indices of the diagonal, then the strictly lower triangle, of a D x D."""
+    diagonal = torch.arange(D, device=device) * (D + 1)
+    rows, cols = torch.tril_indices(D, D, offset=-1, device=device)
+    return torch.cat([diagonal, rows * D + cols])
