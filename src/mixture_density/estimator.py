@@ -1,0 +1,630 @@
+"""``MDNRegressor``: a mixture density network behind the scikit-learn estimator API.
+
+The estimator standardizes ``X`` and ``y``, trains one (or ``n_estimators``) networks with
+:func:`mixture_density.training.fit`, and answers every question through one
+:class:`~mixture_density.GaussianMixture` in the original units of ``y``:
+``predict`` (conditional mean, so ``score`` is the usual R^2), ``predict_distribution``,
+``log_prob``, ``sample``, ``predict_quantiles``, ``predict_interval`` and ``predict_mode``.
+
+scikit-learn is an optional dependency; this module imports it at the top, and the package
+namespace resolves ``MDNRegressor`` lazily, so ``import mixture_density`` does not need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:
+    from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.utils import check_random_state
+    from sklearn.utils.validation import check_array, check_is_fitted
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "MDNRegressor needs scikit-learn: pip install 'mixture-density[sklearn]'"
+    ) from err
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
+
+    def _validate_data(estimator: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return estimator._validate_data(*args, **kwargs)
+
+
+from . import __version__
+from ._errors import MixtureDensityError
+from ._serialization import read_checkpoint, write_checkpoint
+from .distribution import GaussianMixture
+from .nn import MixtureDensityNetwork
+from .noise import NoiseType
+from .training import FitResult
+from .training import fit as _train
+
+__all__ = ["DEFAULTS", "MDNRegressor"]
+
+#: Provisional training defaults, in one place so that the benchmarks can tune them.
+#: ``lr`` is for Adam on standardized data; ``patience`` counts epochs without a better
+#: validation NLL.
+DEFAULTS: Mapping[str, Any] = {
+    "epochs": 500,
+    "batch_size": 128,
+    "lr": 3e-3,
+    "weight_decay": 0.0,
+    "patience": 30,
+}
+
+# A feature or target whose standard deviation is below this many ulps of its magnitude is
+# constant up to rounding: dividing by it would blow rounding noise up to unit variance, so
+# it is centred and left unscaled (scale 1), as sklearn's StandardScaler does.
+_CONSTANT_SPREAD_ULPS = 10.0
+
+# Rows per forward pass at prediction time: bounds the activation memory for large inputs.
+_PREDICT_CHUNK_ROWS = 65536
+
+_CHECKPOINT_KIND = "MDNRegressor"
+_CHECKPOINT_VERSION = 1
+
+
+class MDNRegressor(RegressorMixin, BaseEstimator):
+    """Mixture density network regressor with the scikit-learn estimator API.
+
+    Models ``p(y | x)`` as a Gaussian mixture whose weights, means and scales are the outputs
+    of a neural network. ``X`` and ``y`` are standardized internally; all predictions are in
+    the original units of ``y``.
+
+    With ``n_estimators = M > 1`` the estimator trains ``M`` networks from different random
+    initializations (and mini-batch orders) and averages their densities. Their average is
+    itself a mixture of ``M * K`` components (each member's weights times ``1 / M``), so
+    :meth:`predict_distribution` still returns one ``GaussianMixture``.
+
+    Args:
+        n_components: Number of mixture components ``K``.
+        hidden_dims: Widths of the hidden layers.
+        noise_type: Component covariance model: ``"full"``, ``"diagonal"``, ``"isotropic"``,
+            ``"isotropic_across_clusters"`` or ``"fixed"``.
+        activation: Hidden-layer activation name (see ``MixtureDensityNetwork``).
+        n_estimators: Number of networks whose densities are averaged.
+        epochs: Maximum number of passes over the training rows.
+        batch_size: Mini-batch size.
+        lr: Adam learning rate.
+        weight_decay: Weight decay (L2) coefficient.
+        noise_regularization: Gaussian noise added to the standardized inputs and targets
+            of every training mini-batch (Rothfuss et al., 2019): ``"auto"`` (standard
+            deviation ``n^(-1/(4 + d))`` for ``n`` training rows and ``d`` inputs plus
+            outputs), a float, a pair ``(std_x, std_y)``, or ``None`` (off). See
+            ``training.fit``.
+        val_fraction: Fraction of the rows held out for early stopping (0 disables it; it is
+            also disabled when the fraction would hold out no row).
+        patience: Epochs without a better validation NLL before training stops.
+        min_scale: Floor on every component standard deviation, in units of the
+            standardized targets (each target scaled to unit variance).
+        fixed_noise_level: Component standard deviation for ``noise_type="fixed"``, in
+            standardized target units.
+        device: Torch device to train and predict on (``"cpu"``, ``"cuda"``, ``"auto"``).
+        verbose: Show a progress bar during training.
+        random_state: Seed (int), ``numpy.random.RandomState`` or ``None`` for the
+            initializations, the validation split and the mini-batch order.
+
+    Attributes:
+        models_: The trained networks, ``n_estimators`` of them, in evaluation mode.
+        model_: The first (with ``n_estimators=1`` the only) network.
+        x_mean_, x_scale_: ``(n_features_in_,)`` standardization of the inputs.
+        y_mean_, y_scale_: ``(n_outputs_,)`` standardization of the targets.
+        n_features_in_: Number of input features.
+        feature_names_in_: Column names, when ``X`` was a data frame with string columns.
+        n_outputs_: Number of targets ``D``.
+        fit_results_: One ``FitResult`` per network (history, best epoch, stop reason).
+        history_: Per-epoch training history of the first network (a list of dicts).
+        val_nll_: Mean held-out negative log-likelihood of the combined model in nats per
+            row, in the original units of ``y``; ``nan`` without a validation split.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.uniform(-1, 1, size=(200, 1))
+        >>> y = np.sin(3 * X[:, 0]) + 0.1 * rng.standard_normal(200)
+        >>> model = MDNRegressor(n_components=2, hidden_dims=(16,), epochs=20, random_state=0)
+        >>> model.fit(X, y).predict(X[:3]).shape
+        (3,)
+        >>> model.predict_distribution(X[:3]).batch_shape
+        torch.Size([3])
+        >>> lower, upper = model.predict_interval(X[:3], level=0.9)
+        >>> bool(np.all(lower < upper))
+        True
+    """
+
+    def __init__(
+        self,
+        n_components: int = 5,
+        hidden_dims: Sequence[int] = (64, 64),
+        noise_type: str = "diagonal",
+        activation: str = "relu",
+        n_estimators: int = 1,
+        epochs: int = DEFAULTS["epochs"],
+        batch_size: int = DEFAULTS["batch_size"],
+        lr: float = DEFAULTS["lr"],
+        weight_decay: float = DEFAULTS["weight_decay"],
+        noise_regularization: Any = "auto",
+        val_fraction: float = 0.1,
+        patience: int = DEFAULTS["patience"],
+        min_scale: float = 1e-3,
+        fixed_noise_level: float | None = None,
+        device: str = "cpu",
+        verbose: bool = False,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.hidden_dims = hidden_dims
+        self.noise_type = noise_type
+        self.activation = activation
+        self.n_estimators = n_estimators
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.noise_regularization = noise_regularization
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.min_scale = min_scale
+        self.fixed_noise_level = fixed_noise_level
+        self.device = device
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------------------------
+    # scikit-learn plumbing
+    # ------------------------------------------------------------------------------------
+
+    def __sklearn_tags__(self) -> Any:  # scikit-learn >= 1.6
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
+        return {"multioutput": True}
+
+    # ------------------------------------------------------------------------------------
+    # Fitting
+    # ------------------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any) -> MDNRegressor:
+        """Train the network(s) on ``X`` and ``y``.
+
+        Args:
+            X: ``(n, n_features)`` array-like of inputs.
+            y: ``(n,)`` or ``(n, D)`` array-like of targets. With ``(n,)``, predictions
+                drop the output axis (``predict`` returns ``(n,)``).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: If the data or a hyperparameter is invalid.
+        """
+        self._check_params()
+        X, y = _validate_data(
+            self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
+        )
+        y_1d = y.ndim == 1
+        Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
+        n = X.shape[0]
+
+        self.x_mean_, self.x_scale_ = _standardization(X)
+        self.y_mean_, self.y_scale_ = _standardization(Y)
+        self.n_outputs_ = Y.shape[1]
+        self._y_1d = y_1d
+
+        rng = check_random_state(self.random_state)
+        n_val = math.floor(self.val_fraction * n)
+        if n_val >= 1 and n - n_val >= 1:
+            perm = rng.permutation(n)
+            val_rows, train_rows = perm[:n_val], perm[n_val:]
+        else:  # too few rows to hold any out: train on everything, no early stopping
+            val_rows, train_rows = np.arange(0), np.arange(n)
+        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=self.n_estimators)]
+
+        Xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)
+        Ys = torch.as_tensor((Y - self.y_mean_) / self.y_scale_, dtype=torch.float32)
+        train_data = (Xs[train_rows], Ys[train_rows])
+        val_data = (Xs[val_rows], Ys[val_rows]) if len(val_rows) else None
+
+        self.models_: list[MixtureDensityNetwork] = []
+        self.fit_results_: list[FitResult] = []
+        for seed in seeds:
+            # fork_rng: weight initialization and training draw from torch's global RNG;
+            # seeding it inside a fork keeps the caller's RNG state untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = self._build_network(X.shape[1], self.n_outputs_)
+                if len(train_rows) >= self.n_components:  # k-means needs K rows
+                    model.initialize(train_data[1], seed=seed)
+                result = _train(
+                    model,
+                    *train_data,
+                    val_data=val_data,
+                    val_fraction=0.0,  # the split is ours: one split shared by all members
+                    epochs=self.epochs,
+                    batch_size=self.batch_size,
+                    lr=self.lr,
+                    weight_decay=self.weight_decay,
+                    patience=self.patience,
+                    noise_regularization=self.noise_regularization,
+                    seed=seed,
+                    verbose=bool(self.verbose),
+                    device=self.device,
+                    distributed=False,
+                )
+            model.eval()
+            self.models_.append(model)
+            self.fit_results_.append(result)
+        self.model_ = self.models_[0]
+        self.history_ = list(self.fit_results_[0].history)
+
+        if len(val_rows):
+            self.val_nll_ = float(-np.mean(self.log_prob(X[val_rows], y[val_rows])))
+        else:
+            self.val_nll_ = float("nan")
+        return self
+
+    def _check_params(self) -> None:
+        for name in ("n_components", "n_estimators", "epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not float(self.min_scale) > 0.0:
+            raise ValueError(f"min_scale must be positive, got {self.min_scale!r}")
+        NoiseType.parse(self.noise_type)  # raises ValueError listing the options
+
+    def _build_network(self, dim_in: int, dim_out: int) -> MixtureDensityNetwork:
+        return MixtureDensityNetwork(
+            dim_in,
+            dim_out,
+            int(self.n_components),
+            noise_type=self.noise_type,
+            fixed_noise_level=self.fixed_noise_level,
+            hidden_dims=tuple(int(h) for h in self.hidden_dims),
+            activation=self.activation,
+            min_scale=float(self.min_scale),
+        )
+
+    # ------------------------------------------------------------------------------------
+    # Prediction
+    # ------------------------------------------------------------------------------------
+
+    def predict_distribution(self, X: Any) -> GaussianMixture:
+        """Conditional distribution of ``y`` given each row of ``X``, in original units.
+
+        Args:
+            X: ``(n, n_features)`` array-like.
+
+        Returns:
+            A ``GaussianMixture`` with ``batch_shape (n,)``, ``event_shape (D,)`` and
+            ``n_estimators * n_components`` components, on the model's device (float32).
+        """
+        check_is_fitted(self)
+        X = _validate_data(self, X, dtype=np.float64, reset=False)
+        return self._distribution(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Conditional mean ``E[y | x]`` in original units.
+
+        Returns:
+            ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
+        """
+        return self._output(self.predict_distribution(X).mean)
+
+    def predict_mode(self, X: Any) -> np.ndarray:
+        """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``).
+
+        Returns:
+            ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
+        """
+        return self._output(self.predict_distribution(X).mode)
+
+    def log_prob(self, X: Any, y: Any) -> np.ndarray:
+        """Log density ``log p(y_i | x_i)`` per row, in the original units of ``y``.
+
+        Args:
+            X: ``(n, n_features)`` array-like.
+            y: ``(n,)`` or ``(n, D)`` array-like.
+
+        Returns:
+            ``(n,)`` float64 array, in nats.
+        """
+        dist = self.predict_distribution(X)
+        Y = self._check_targets(y, dist.batch_shape[0])
+        with torch.no_grad():
+            values = dist.log_prob(torch.as_tensor(Y, dtype=dist.loc.dtype, device=dist.loc.device))
+        return values.cpu().double().numpy()
+
+    def sample(
+        self, X: Any, n_samples: int = 1, random_state: int | np.random.RandomState | None = None
+    ) -> np.ndarray:
+        """Draw from the conditional distribution of each row.
+
+        Args:
+            X: ``(n, n_features)`` array-like.
+            n_samples: Draws per row.
+            random_state: Seed or ``RandomState`` for reproducible draws; ``None`` uses
+                torch's global generator. A seed leaves the global generator untouched.
+
+        Returns:
+            ``(n_samples, n)`` if ``y`` was fitted as a 1-D array, else ``(n_samples, n, D)``.
+        """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
+            raise TypeError(f"n_samples must be an integer, got {n_samples!r}")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        dist = self.predict_distribution(X)
+        with torch.no_grad():
+            if random_state is None:
+                draws = dist.sample((int(n_samples),))
+            else:
+                seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
+                devices = [dist.loc.device] if dist.loc.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    draws = dist.sample((int(n_samples),))
+        return self._output(draws)
+
+    def predict_quantiles(self, X: Any, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
+        """Exact quantiles of the conditional distribution (per output dimension for ``D > 1``).
+
+        Computed by inverting the mixture CDF of each marginal (``GaussianMixture.icdf``).
+
+        Args:
+            X: ``(n, n_features)`` array-like.
+            q: Probability levels in ``(0, 1)``, a scalar or a 1-D sequence of length ``Q``.
+
+        Returns:
+            ``(n, Q)`` if ``y`` was fitted as a 1-D array, else ``(n, D, Q)`` (float64).
+        """
+        levels = np.atleast_1d(np.asarray(q, dtype=np.float64))
+        if levels.ndim != 1 or levels.size == 0:
+            raise ValueError(
+                f"q must be a scalar or a non-empty 1-D sequence, got shape {levels.shape}"
+            )
+        if not np.all((levels > 0.0) & (levels < 1.0)):
+            raise ValueError(f"q must lie strictly between 0 and 1, got {levels.tolist()}")
+        dist = self.predict_distribution(X)
+        n = dist.batch_shape[0]
+        qq = torch.as_tensor(levels, dtype=dist.loc.dtype, device=dist.loc.device)
+        qq = qq.unsqueeze(-1).expand(len(levels), n)  # (Q, n)
+        with torch.no_grad():
+            per_dim = [
+                dist.marginal([d]).icdf(qq).squeeze(-1).T  # (n, Q)
+                for d in range(self.n_outputs_)
+            ]
+        out = torch.stack(per_dim, dim=1).cpu().double().numpy()  # (n, D, Q)
+        return out[:, 0, :] if self._y_1d else out
+
+    def predict_interval(self, X: Any, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """Central prediction interval ``[F^-1((1 - level) / 2), F^-1((1 + level) / 2)]``.
+
+        Args:
+            X: ``(n, n_features)`` array-like.
+            level: Nominal coverage in ``(0, 1)``, per output dimension.
+
+        Returns:
+            ``(lower, upper)``, each ``(n,)`` if ``y`` was fitted as a 1-D array, else
+            ``(n, D)``.
+        """
+        if not 0.0 < float(level) < 1.0:
+            raise ValueError(f"level must lie strictly between 0 and 1, got {level!r}")
+        bounds = self.predict_quantiles(X, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+        return bounds[..., 0], bounds[..., 1]
+
+    # ------------------------------------------------------------------------------------
+    # Persistence
+    # ------------------------------------------------------------------------------------
+
+    def save(
+        self, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write the fitted estimator to one file, atomically.
+
+        The file holds a JSON configuration (hyperparameters, scalers' shapes, training
+        history, ``metadata``) and the network weights and scalers as tensors. It is read
+        back by :meth:`load` without executing pickled code. A path ending in
+        ``.safetensors`` uses the safetensors container (optional dependency); any other
+        path a ``torch.save`` archive of plain tensors.
+
+        Args:
+            path: Destination file.
+            metadata: Extra JSON-serializable information to store (for example the column
+                names used by the ``mdn`` command); returned by :meth:`load` as
+                ``metadata_``.
+        """
+        check_is_fitted(self)
+        params = self.get_params()
+        params["hidden_dims"] = [int(h) for h in self.hidden_dims]
+        if not isinstance(params["random_state"], (int, type(None))):
+            params["random_state"] = None  # a RandomState object has no JSON form
+        config: dict[str, Any] = {
+            "kind": _CHECKPOINT_KIND,
+            "version": _CHECKPOINT_VERSION,
+            "library_version": __version__,
+            "params": params,
+            "n_features_in": int(self.n_features_in_),
+            "n_outputs": int(self.n_outputs_),
+            "y_1d": bool(self._y_1d),
+            "fit_results": [_jsonable(dataclasses.asdict(r)) for r in self.fit_results_],
+            "val_nll": None if math.isnan(self.val_nll_) else self.val_nll_,
+            "metadata": dict(metadata) if metadata is not None else {},
+        }
+        if hasattr(self, "feature_names_in_"):
+            config["feature_names_in"] = [str(c) for c in self.feature_names_in_]
+        tensors = {
+            name: torch.as_tensor(getattr(self, f"{name}_"), dtype=torch.float64)
+            for name in ("x_mean", "x_scale", "y_mean", "y_scale")
+        }
+        for i, model in enumerate(self.models_):
+            for key, value in model.state_dict().items():
+                tensors[f"models.{i}.{key}"] = value
+        write_checkpoint(path, config, tensors)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, device: str | None = None) -> MDNRegressor:
+        """Read an estimator written by :meth:`save`.
+
+        Args:
+            path: File written by :meth:`save`.
+            device: Device to put the networks on; default: the saved ``device`` parameter
+                (``"cpu"`` when that is not available).
+
+        Returns:
+            A fitted ``MDNRegressor`` that predicts exactly what the saved one did, with
+            ``metadata_`` holding the ``metadata`` given to :meth:`save`.
+
+        Raises:
+            OSError: The file cannot be read.
+            MixtureDensityError: The file is not a saved ``MDNRegressor``.
+        """
+        config, tensors = read_checkpoint(path)
+        if config.get("kind") != _CHECKPOINT_KIND:
+            raise MixtureDensityError(f"{os.fspath(path)!r} does not hold an {_CHECKPOINT_KIND}")
+        if config.get("version", 0) > _CHECKPOINT_VERSION:
+            raise MixtureDensityError(
+                f"{os.fspath(path)!r} was written by a newer mixture-density "
+                f"({config.get('library_version')}); upgrade to read it"
+            )
+        params = dict(config["params"])
+        params["hidden_dims"] = tuple(params["hidden_dims"])
+        if device is not None:
+            params["device"] = device
+        est = cls(**params)
+        target = _resolve_device(est.device)
+        est.n_features_in_ = int(config["n_features_in"])
+        est.n_outputs_ = int(config["n_outputs"])
+        est._y_1d = bool(config["y_1d"])
+        if "feature_names_in" in config:
+            est.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
+        for name in ("x_mean", "x_scale", "y_mean", "y_scale"):
+            setattr(est, f"{name}_", tensors[name].numpy().astype(np.float64))
+        est.models_ = []
+        for i in range(int(params["n_estimators"])):
+            prefix = f"models.{i}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            model = est._build_network(est.n_features_in_, est.n_outputs_)
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise MixtureDensityError(
+                    f"{os.fspath(path)!r}: weights do not fit: {err}"
+                ) from err
+            est.models_.append(model.to(target).eval())
+        est.model_ = est.models_[0]
+        est.fit_results_ = [FitResult(**r) for r in config["fit_results"]]
+        est.history_ = list(est.fit_results_[0].history)
+        est.val_nll_ = float("nan") if config["val_nll"] is None else float(config["val_nll"])
+        est.metadata_ = dict(config.get("metadata", {}))
+        return est
+
+    # ------------------------------------------------------------------------------------
+    # Internals
+    # ------------------------------------------------------------------------------------
+
+    def _distribution(self, X: np.ndarray) -> GaussianMixture:
+        """Mixture in original units for validated ``(n, n_features)`` float64 inputs."""
+        device = next(self.models_[0].parameters()).device
+        Xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
+                xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
+                chunks.append(_concat([m(xb) for m in self.models_], dim="components"))
+            dist = _concat(chunks, dim="batch")
+            scale = torch.as_tensor(self.y_scale_, dtype=dist.loc.dtype, device=device)
+            shift = torch.as_tensor(self.y_mean_, dtype=dist.loc.dtype, device=device)
+            return dist.affine(scale, shift)
+
+    def _output(self, values: Tensor) -> np.ndarray:
+        """``(..., D)`` tensor -> float64 array, dropping ``D`` when ``y`` was 1-D."""
+        out = values.detach().cpu().double().numpy()
+        return out[..., 0] if self._y_1d else out
+
+    def _check_targets(self, y: Any, n: int) -> np.ndarray:
+        Y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        if Y.ndim == 1:
+            Y = Y.reshape(-1, 1)
+        if Y.ndim != 2 or Y.shape != (n, self.n_outputs_):
+            expected = f"({n},)" if self.n_outputs_ == 1 else f"({n}, {self.n_outputs_})"
+            raise ValueError(
+                f"y must have shape {expected} to match X and the fitted targets, got {np.shape(y)}"
+            )
+        return Y
+
+
+def _standardization(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations of ``(n, p)`` data; near-constant columns get 1."""
+    mean = A.mean(axis=0)
+    scale = A.std(axis=0)
+    tiny = _CONSTANT_SPREAD_ULPS * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)
+    return mean, np.where(scale > tiny, scale, 1.0)
+
+
+def _component_parts(dist: GaussianMixture) -> tuple[str, Tensor]:
+    """The spread of ``dist`` as (keyword, factor of full shape), keeping its parameterization.
+
+    ``scale`` -> ``(*B, K, D)``; ``scale_tril`` / ``precision_tril`` -> ``(*B, K, D, D)``.
+    """
+    kind = dist.parameterization
+    if kind == "scale":
+        assert dist.scale is not None  # diagonal parameterization
+        return kind, dist.scale
+    if kind == "scale_tril":
+        return kind, dist.scale_tril
+    # GaussianMixture has no public accessor for its precision factor; reading it keeps the
+    # full-covariance fast path (a triangular mat-vec) instead of a Cholesky round trip.
+    precision_tril = getattr(dist, "precision_tril", None)
+    if precision_tril is None:
+        precision_tril = dist._factor.expand(dist.loc.shape + dist.loc.shape[-1:])
+    return kind, precision_tril
+
+
+def _concat(dists: Sequence[GaussianMixture], dim: str) -> GaussianMixture:
+    """Join mixtures along the component axis (equal-weight average) or the batch axis."""
+    if len(dists) == 1:
+        return dists[0]
+    parts = [_component_parts(d) for d in dists]
+    keyword = parts[0][0]
+    if dim == "components":
+        # Equal-weight average of M mixtures: weights pi_k / M, i.e. logits - log M.
+        log_m = math.log(len(dists))
+        logits = torch.cat([d.logits - log_m for d in dists], dim=-1)  # (*B, M K)
+        loc = torch.cat([d.loc for d in dists], dim=-2)  # (*B, M K, D)
+        factor = torch.cat([p[1] for p in parts], dim=-2 if keyword == "scale" else -3)
+    else:
+        logits = torch.cat([d.logits for d in dists], dim=0)
+        loc = torch.cat([d.loc for d in dists], dim=0)
+        factor = torch.cat([p[1] for p in parts], dim=0)
+    kwargs: dict[str, Any] = {keyword: factor}
+    return GaussianMixture(logits, loc, **kwargs)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto" or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _jsonable(value: Any) -> Any:
+    """Replace non-finite floats (not valid JSON) by ``None``, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
