@@ -15,12 +15,20 @@ import pytest
 import torch
 from scipy import integrate, stats
 
+from mixture_density import GaussianMixture
 from mixture_density.metrics import (
     _sample_mixture,
+    calibration_error,
     coverage_from_pit,
+    crps,
     crps_gaussian_mixture,
+    energy_score,
     energy_score_from_samples,
+    evaluate,
+    interval_coverage,
     mixture_cdf,
+    nll,
+    pit,
 )
 
 F64 = torch.float64
@@ -140,7 +148,7 @@ def test_energy_score_from_samples_matches_brute_force() -> None:
 
 
 def test_energy_score_from_samples_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError, match=r"y must have shape \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"y must have shape \(\*obs, 4, 3\)"):
         energy_score_from_samples(torch.zeros(10, 4, 3), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="n >= 2"):
         energy_score_from_samples(torch.zeros(1, 4, 3), torch.zeros(4, 3))
@@ -226,3 +234,201 @@ def test_coverage_from_pit_counts_central_intervals() -> None:
 def test_coverage_from_pit_rejects_bad_levels(levels: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="levels"):
         coverage_from_pit(torch.rand(10), levels=levels)
+
+
+# ------------------------------------------------------------------------------------------
+# Wrappers taking a GaussianMixture
+# ------------------------------------------------------------------------------------------
+
+
+def _gm(batch: tuple[int, ...], K: int, D: int, kind: str, seed: int) -> GaussianMixture:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*batch, K, generator=gen, dtype=F64)
+    loc = 2 * torch.randn(*batch, K, D, generator=gen, dtype=F64)
+    diag = 0.3 + torch.rand(*batch, K, D, generator=gen, dtype=F64)
+    if kind == "scale":
+        return GaussianMixture(logits, loc, scale=diag)
+    lower = 0.5 * torch.randn(*batch, K, D, D, generator=gen, dtype=F64).tril(-1)
+    return GaussianMixture(logits, loc, scale_tril=lower + torch.diag_embed(diag))
+
+
+def test_nll_matches_torch_mixture() -> None:
+    dist = _gm((7,), 3, 2, "scale_tril", seed=20)
+    y = torch.randn(7, 2, dtype=F64)
+    ref = -dist.to_torch().log_prob(y)
+    assert nll(dist, y) == pytest.approx(ref.mean().item(), abs=1e-12)
+    assert nll(dist, y, reduction="sum") == pytest.approx(ref.sum().item(), abs=1e-12)
+    torch.testing.assert_close(nll(dist, y, reduction="none"), ref, rtol=1e-12, atol=1e-12)
+    # Any torch distribution with a vector event works.
+    assert nll(dist.to_torch(), y) == pytest.approx(ref.mean().item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["scale", "scale_tril"])
+def test_crps_and_pit_use_exact_marginals(kind: str) -> None:
+    dist = _gm((2, 5), 3, 3, kind, seed=21)
+    y = 2 * torch.randn(2, 5, 3, dtype=F64)
+    values = crps(dist, y, reduction="none")
+    u = pit(dist, y)
+    assert values.shape == u.shape == (2, 5, 3)
+    for d in range(3):
+        marginal = dist.marginal([d])
+        cov_dd = dist.component_covariance_matrix[..., d, d]
+        ref = crps_gaussian_mixture(dist.logits, dist.loc[..., d], cov_dd.sqrt(), y[..., d])
+        torch.testing.assert_close(values[..., d], ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(u[..., d], marginal.cdf(y[..., d : d + 1]), rtol=1e-12, atol=0)
+    assert crps(dist, y) == pytest.approx(values.mean().item(), abs=1e-14)
+
+
+def test_one_dimensional_targets_may_drop_the_event_dim() -> None:
+    dist = _gm((6,), 2, 1, "scale", seed=22)
+    y = torch.randn(6, dtype=F64)
+    assert crps(dist, y, reduction="none").shape == (6,)
+    assert pit(dist, y).shape == (6,)
+    torch.testing.assert_close(pit(dist, y), pit(dist, y[:, None])[:, 0])
+    assert nll(dist, y) == pytest.approx(nll(dist, y[:, None]))
+
+
+def test_leading_observation_dims_score_against_the_same_forecast() -> None:
+    dist = _gm((), 3, 2, "scale", seed=23)
+    y = torch.randn(40, 2, dtype=F64)
+    per_row = crps(dist, y, reduction="none")
+    assert per_row.shape == (40, 2)
+    expanded = dist.expand(torch.Size([40]))
+    torch.testing.assert_close(per_row, crps(expanded, y, reduction="none"))
+    assert nll(dist, y, reduction="none").shape == (40,)
+    gen = torch.Generator().manual_seed(0)
+    assert energy_score(dist, y, n_samples=50, generator=gen, reduction="none").shape == (40,)
+
+
+def test_inputs_are_converted_to_the_distribution_dtype() -> None:
+    dist = _gm((4,), 2, 1, "scale", seed=24)
+    low = GaussianMixture(dist.logits.float(), dist.loc.float(), scale=dist.scale.float())
+    y = np.linspace(-1, 1, 4)  # float64 numpy into a float32 distribution
+    values = crps(low, y, reduction="none")
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values.double(), crps(dist, y, reduction="none"), atol=1e-5, rtol=0)
+    assert pit(dist, [0, 1, 2, 3]).dtype == F64  # integer lists too
+
+
+@pytest.mark.parametrize(
+    ("shape", "pattern"),
+    [((5, 2), r"got \(5, 2\)"), ((4, 3), r"got \(4, 3\)"), ((2,), r"got \(2,\)")],
+)
+@pytest.mark.parametrize("metric", ["nll", "crps", "pit", "energy_score", "interval_coverage"])
+def test_bad_shapes_raise(shape: tuple[int, ...], pattern: str, metric: str) -> None:
+    dist = _gm((4,), 2, 2, "scale", seed=25)
+    fn = {
+        "nll": nll,
+        "crps": crps,
+        "pit": pit,
+        "energy_score": energy_score,
+        "interval_coverage": interval_coverage,
+    }[metric]
+    with pytest.raises(ValueError, match=r"y must have shape \(\*obs, 4, 2\).*" + pattern):
+        fn(dist, torch.zeros(shape, dtype=F64))
+
+
+def test_bad_arguments_raise() -> None:
+    dist = _gm((4,), 2, 1, "scale", seed=26)
+    y = torch.zeros(4, 1, dtype=F64)
+    with pytest.raises(ValueError, match="reduction"):
+        crps(dist, y, reduction="median")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="n_samples"):
+        energy_score(dist, y, n_samples=1)
+    with pytest.raises(ValueError, match="levels"):
+        interval_coverage(dist, y, levels=(95,))
+
+
+def test_pit_of_own_samples_is_uniform_and_detects_a_shift() -> None:
+    """KS test at alpha = 0.01 (fixed seed); a 0.3-sigma shift must be rejected."""
+    dist = _gm((3000,), 3, 2, "scale_tril", seed=27)
+    y = dist.sample()  # (3000, 2), one draw per row
+    u = pit(dist, y)
+    for d in range(2):
+        assert stats.kstest(u[:, d].numpy(), "uniform").pvalue > 0.01
+    shifted = pit(dist, y + 0.3 * dist.stddev)
+    assert stats.kstest(shifted[:, 0].numpy(), "uniform").pvalue < 1e-6
+
+
+def test_interval_coverage_is_nominal_for_own_samples() -> None:
+    dist = _gm((4000,), 3, 1, "scale", seed=28)
+    y = dist.sample()
+    levels = (0.5, 0.8, 0.9, 0.95)
+    coverage = interval_coverage(dist, y, levels)
+    assert list(coverage) == list(levels)
+    for level, observed in coverage.items():
+        assert abs(observed - level) < 4 * math.sqrt(level * (1 - level) / 4000), (level, observed)
+
+
+def test_interval_coverage_agrees_with_quantile_intervals() -> None:
+    """Cross-check the PIT shortcut against icdf-based intervals of the mixture."""
+    dist = _gm((500,), 3, 1, "scale", seed=29)
+    y = 1.5 * dist.sample()
+    coverage = interval_coverage(dist, y, (0.5, 0.9))
+    for level in (0.5, 0.9):
+        lo = dist.icdf(torch.full((500,), (1 - level) / 2, dtype=F64))
+        hi = dist.icdf(torch.full((500,), (1 + level) / 2, dtype=F64))
+        inside = ((y >= lo) & (y <= hi)).double().mean().item()
+        assert coverage[level] == pytest.approx(inside, abs=1e-12)
+
+
+def test_calibration_error_separates_calibrated_from_overdispersed() -> None:
+    dist = _gm((3000,), 2, 1, "scale", seed=30)
+    y = dist.sample()
+    wide = GaussianMixture(dist.logits, dist.loc, scale=3 * dist.scale)
+    assert calibration_error(dist, y) < 0.02
+    assert calibration_error(wide, y) > 0.1
+
+
+def test_energy_score_equals_crps_in_one_dimension() -> None:
+    """Per-row differences ES - CRPS have mean 0; test the mean at 4 standard errors."""
+    dist = _gm((40,), 3, 1, "scale", seed=31)
+    y = 2 * torch.randn(40, 1, dtype=F64)
+    gen = torch.Generator().manual_seed(31)
+    es = energy_score(dist, y, n_samples=1000, generator=gen, reduction="none")
+    diff = es - crps(dist, y, reduction="none")[:, 0]
+    assert diff.abs().max() < 0.35  # about 5 Monte Carlo standard errors of one row
+    assert diff.mean().abs() < 4 * diff.std() / math.sqrt(40)
+
+
+def test_energy_score_prefers_the_true_distribution() -> None:
+    dist = _gm((400,), 3, 2, "scale_tril", seed=32)
+    y = dist.sample()
+    shifted = GaussianMixture(dist.logits, dist.loc + 0.5, scale_tril=dist.scale_tril)
+    gen = torch.Generator().manual_seed(32)
+    true_es = energy_score(dist, y, n_samples=200, generator=gen, reduction="none")
+    shifted_es = energy_score(shifted, y, n_samples=200, generator=gen, reduction="none")
+    gap = shifted_es - true_es
+    assert gap.mean() > 4 * gap.std() / math.sqrt(400)
+
+
+def test_energy_score_is_reproducible_with_a_generator() -> None:
+    dist = _gm((5,), 2, 3, "scale", seed=33)
+    y = torch.randn(5, 3, dtype=F64)
+    state = torch.get_rng_state()
+    a = energy_score(dist, y, n_samples=64, generator=torch.Generator().manual_seed(1))
+    b = energy_score(dist, y, n_samples=64, generator=torch.Generator().manual_seed(1))
+    assert a == b
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_crps_is_differentiable_for_training() -> None:
+    logits = torch.zeros(8, 2, dtype=F64, requires_grad=True)
+    loc = torch.randn(8, 2, 1, dtype=F64, requires_grad=True)
+    scale = torch.ones(8, 2, 1, dtype=F64, requires_grad=True)
+    dist = GaussianMixture(logits, loc, scale=scale)
+    crps(dist, torch.randn(8, dtype=F64), reduction="none").mean().backward()
+    for p in (logits, loc, scale):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_evaluate_reports_consistent_numbers() -> None:
+    dist = _gm((50,), 2, 2, "scale", seed=34)
+    y = dist.sample()
+    report = evaluate(dist, y, levels=(0.5, 0.9))
+    assert set(report) == {"nll", "crps", "calibration_error", "coverage_0.5", "coverage_0.9"}
+    assert report["nll"] == pytest.approx(nll(dist, y))
+    assert report["crps"] == pytest.approx(crps(dist, y))
+    assert report["calibration_error"] == pytest.approx(calibration_error(dist, y))
+    assert report["coverage_0.9"] == interval_coverage(dist, y, (0.9,))[0.9]
+    assert all(isinstance(v, float) for v in report.values())

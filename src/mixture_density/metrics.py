@@ -23,7 +23,7 @@ Only torch is needed at run time (no scipy).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
@@ -148,10 +148,11 @@ def energy_score_from_samples(samples: Tensor, y: Tensor) -> Tensor:
 
     Args:
         samples: ``(n, *batch, D)`` draws from the forecast, ``n >= 2``.
-        y: ``(*batch, D)`` observations.
+        y: ``(*obs, *batch, D)`` observations; leading ``*obs`` dims (often none) are scored
+            against the same samples.
 
     Returns:
-        ``(*batch,)`` energy scores.
+        ``(*obs, *batch)`` energy scores.
 
     Raises:
         ValueError: if fewer than 2 samples or the shapes disagree.
@@ -167,22 +168,24 @@ def energy_score_from_samples(samples: Tensor, y: Tensor) -> Tensor:
         raise ValueError(
             f"samples must have shape (n, *batch, D) with n >= 2, got {tuple(samples.shape)}"
         )
-    if samples.shape[1:] != y.shape:
+    n, event = samples.shape[0], samples.shape[1:]  # event = (*B, D)
+    n_obs_dims = y.dim() - len(event)
+    if n_obs_dims < 0 or y.shape[n_obs_dims:] != event:
         raise ValueError(
-            f"y must have shape {tuple(samples.shape[1:])} (samples.shape[1:]), "
+            f"y must have shape {_shape_str(event)} ending in samples.shape[1:], "
             f"got {tuple(y.shape)}"
         )
-    n, D = samples.shape[0], samples.shape[-1]
-    batch_shape = y.shape[:-1]
-    fit = (samples - y).norm(dim=-1).mean(0)  # (*B,)
-    x = samples.movedim(0, -2).reshape(-1, n, D)  # (B, n, D)
+    D = event[-1]
+    x = samples.reshape(n, *([1] * n_obs_dims), *event)  # (n, *1, *B, D)
+    fit = (x - y).norm(dim=-1).mean(0)  # (*S, *B)
+    flat = samples.movedim(0, -2).reshape(-1, n, D)  # (B, n, D)
     chunk = max(1, _PAIRWISE_CHUNK_ELEMENTS // (n * n))
     pair_sums = [
         # The matmul shortcut of cdist loses precision for nearby points; use direct differences.
         torch.cdist(xc, xc, compute_mode="donot_use_mm_for_euclid_dist").sum((-2, -1))
-        for xc in x.split(chunk)
+        for xc in flat.split(chunk)
     ]
-    spread = torch.cat(pair_sums).reshape(batch_shape) / (n * (n - 1))  # (*B,)
+    spread = torch.cat(pair_sums).reshape(event[:-1]) / (n * (n - 1))  # (*B,)
     return fit - 0.5 * spread
 
 
@@ -231,12 +234,14 @@ def nll(dist: Any, y: Any, *, reduction: Reduction = "mean") -> float | Tensor:
 
     Args:
         dist: predicted distribution, ``batch_shape`` ``(*batch,)``, ``event_shape`` ``(D,)``.
-        y: ``(*batch, D)`` observations (``(*batch,)`` accepted when ``D == 1``); tensors, arrays
-            and nested lists are converted to the distribution's dtype and device.
+        y: ``(*obs, *batch, D)`` observations (``(*obs, *batch)`` accepted when ``D == 1``);
+            leading ``*obs`` dims (usually none) are further observations scored against the
+            same forecast. Tensors, arrays and lists are converted to the distribution's dtype
+            and device.
         reduction: ``"mean"`` or ``"sum"`` over all rows (Python float), or ``"none"``.
 
     Returns:
-        A float, or for ``reduction="none"`` a ``(*batch,)`` tensor (in nats).
+        A float, or for ``reduction="none"`` a ``(*obs, *batch)`` tensor (in nats).
 
     Raises:
         ValueError: if ``y`` does not have the shape above or ``reduction`` is unknown.
@@ -265,7 +270,8 @@ def crps(dist: GaussianMixture, y: Any, *, reduction: Reduction = "mean") -> flo
 
     Args:
         dist: predicted ``GaussianMixture``, ``batch_shape`` ``(*batch,)``, ``event_shape (D,)``.
-        y: ``(*batch, D)`` observations (``(*batch,)`` accepted when ``D == 1``).
+        y: ``(*obs, *batch, D)`` observations (``(*obs, *batch)`` accepted when ``D == 1``),
+            see :func:`nll`.
         reduction: ``"mean"``, ``"sum"`` (Python float) or ``"none"``.
 
     Returns:
@@ -323,13 +329,14 @@ def energy_score(
 
     Args:
         dist: predicted ``GaussianMixture``, ``batch_shape`` ``(*batch,)``, ``event_shape (D,)``.
-        y: ``(*batch, D)`` observations (``(*batch,)`` accepted when ``D == 1``).
+        y: ``(*obs, *batch, D)`` observations (``(*obs, *batch)`` accepted when ``D == 1``),
+            see :func:`nll`.
         n_samples: samples per row, at least 2.
         generator: random generator on the distribution's device; ``None`` uses the global RNG.
-        reduction: ``"mean"``, ``"sum"`` (Python float) or ``"none"`` (``(*batch,)`` tensor).
+        reduction: ``"mean"``, ``"sum"`` (Python float) or ``"none"``.
 
     Returns:
-        A float, or a ``(*batch,)`` tensor.
+        A float, or a ``(*obs, *batch)`` tensor.
 
     Raises:
         ValueError: if ``y`` has the wrong shape, ``n_samples < 2`` or ``reduction`` is unknown.
@@ -358,7 +365,8 @@ def pit(dist: GaussianMixture, y: Any) -> Tensor:
 
     Args:
         dist: predicted ``GaussianMixture``, ``batch_shape`` ``(*batch,)``, ``event_shape (D,)``.
-        y: ``(*batch, D)`` observations (``(*batch,)`` accepted when ``D == 1``).
+        y: ``(*obs, *batch, D)`` observations (``(*obs, *batch)`` accepted when ``D == 1``),
+            see :func:`nll`.
 
     Returns:
         Tensor shaped like ``y`` (after conversion) with values in ``[0, 1]``.
@@ -392,7 +400,8 @@ def interval_coverage(
 
     Args:
         dist: predicted ``GaussianMixture``, ``batch_shape`` ``(*batch,)``, ``event_shape (D,)``.
-        y: ``(*batch, D)`` observations (``(*batch,)`` accepted when ``D == 1``).
+        y: ``(*obs, *batch, D)`` observations (``(*obs, *batch)`` accepted when ``D == 1``),
+            see :func:`nll`.
         levels: nominal levels in ``(0, 1)``.
 
     Returns:
@@ -422,7 +431,8 @@ def calibration_error(
 
     Args:
         dist: predicted ``GaussianMixture``.
-        y: ``(*batch, D)`` observations (``(*batch,)`` accepted when ``D == 1``).
+        y: ``(*obs, *batch, D)`` observations (``(*obs, *batch)`` accepted when ``D == 1``),
+            see :func:`nll`.
         levels: nominal levels in ``(0, 1)``.
 
     Returns:
@@ -446,7 +456,8 @@ def evaluate(
 
     Args:
         dist: predicted ``GaussianMixture``.
-        y: ``(*batch, D)`` observations (``(*batch,)`` accepted when ``D == 1``).
+        y: ``(*obs, *batch, D)`` observations (``(*obs, *batch)`` accepted when ``D == 1``),
+            see :func:`nll`.
         levels: central-interval levels to report coverage for.
 
     Returns:
@@ -482,10 +493,12 @@ def _mean_gap(coverage: dict[float, float]) -> float:
 
 
 def _check_y(dist: Any, y: Any) -> tuple[Tensor, bool]:
-    """Convert ``y`` to the distribution's dtype/device and check ``(*batch, D)``.
+    """Convert ``y`` to the distribution's dtype/device and check ``(*obs, *batch, D)``.
 
-    Returns ``(y of shape (*batch, D), squeezed)`` where ``squeezed`` says the caller passed
-    ``(*batch,)`` for ``D == 1``, so per-dimension results can be given back in that shape.
+    Leading ``*obs`` dims are extra observations scored against the same forecast, as in
+    ``log_prob``. Returns ``(y of shape (*obs, *batch, D), squeezed)`` where ``squeezed`` says
+    the caller left out the ``D == 1`` event dim, so per-dimension results can be given back
+    in the caller's shape.
     """
     event_shape = tuple(dist.event_shape)
     if len(event_shape) != 1:
@@ -499,15 +512,23 @@ def _check_y(dist: Any, y: Any) -> tuple[Tensor, bool]:
         y = y.to(ref.dtype)
     batch_shape = tuple(dist.batch_shape)
     expected = batch_shape + event_shape
-    if tuple(y.shape) == expected:
+
+    def ends_with(shape: tuple[int, ...]) -> bool:
+        return y.dim() >= len(shape) and tuple(y.shape[y.dim() - len(shape) :]) == shape
+
+    if ends_with(expected):
         return y, False
-    if event_shape == (1,) and tuple(y.shape) == batch_shape:
+    if event_shape == (1,) and ends_with(batch_shape):
         return y.unsqueeze(-1), True
-    alternative = f" or {batch_shape}" if event_shape == (1,) else ""
+    alternative = f" or {_shape_str(batch_shape)}" if event_shape == (1,) else ""
     raise ValueError(
-        f"y must have shape {expected} (dist.batch_shape + dist.event_shape){alternative}, "
-        f"got {tuple(y.shape)}"
+        f"y must have shape {_shape_str(expected)}{alternative} (dist.batch_shape + "
+        f"dist.event_shape, after optional leading observation dims), got {tuple(y.shape)}"
     )
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(["*obs", *map(str, shape)]) + ")"
 
 
 def _marginal_parameters(dist: GaussianMixture) -> tuple[Tensor, Tensor, Tensor]:
