@@ -1,0 +1,396 @@
+"""Pure tensor functions behind :class:`~mixture_density.GaussianMixture`.
+
+Nothing here holds state. Shapes use ``*S`` for sample dimensions, ``*B`` for batch
+dimensions, ``K`` for mixture components and ``D`` for the event dimension.
+
+The two mixture log-densities that sit on the training hot path (diagonal ``scale`` and
+``precision_tril``) are fused :class:`torch.autograd.Function` objects: the forward pass
+keeps only the tensors the analytic backward needs (standardized residuals and
+responsibilities), which removes most of the temporaries an op-by-op autograd graph holds.
+Their backward passes fall back to the plain composite expressions when a graph of the
+gradient itself is requested (``create_graph=True``), so higher derivatives stay exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LOG_2PI",
+    "diag_component_log_prob",
+    "diag_mixture_log_prob",
+    "mixture_log_prob",
+    "newton_bisect",
+    "precision_component_log_prob",
+    "precision_mixture_log_prob",
+    "tril_component_log_prob",
+]
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _flatten_sample(d: Tensor, n_batch: int) -> tuple[Tensor, torch.Size]:
+    """Move leading sample dims of ``d`` (*S, *B, K, D) into one axis: (*B, K, N, D).
+
+    Batched matrix products then reuse each component's matrix for every sample instead of
+    broadcasting (copying) it ``N`` times.
+    """
+    sample_shape = d.shape[: d.dim() - n_batch - 2]
+    flat = d.reshape((-1, *d.shape[len(sample_shape) :]))  # (N, *B, K, D)
+    return flat.movedim(0, -2), sample_shape  # (*B, K, N, D)
+
+
+# ---------------------------------------------------------------------------------------
+# Component log-densities (composite, differentiable to any order)
+# ---------------------------------------------------------------------------------------
+
+
+def diag_component_log_prob(y: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """Log-density of each diagonal Gaussian component.
+
+    Args:
+        y: (*S, *B, D) points.
+        loc: (*B, K, D) component means.
+        scale: standard deviations broadcastable to (*B, K, D) (for example (*B, K, 1)
+            for isotropic components or a scalar for a fixed noise level).
+
+    Returns:
+        (*S, *B, K) ``log N(y | loc_k, diag(scale_k^2))`` including ``-(D/2) log 2 pi``.
+
+    Example:
+        >>> lp = diag_component_log_prob(torch.zeros(1), torch.zeros(2, 1), torch.ones(2, 1))
+        >>> torch.allclose(lp, torch.full((2,), -0.5 * LOG_2PI))
+        True
+    """
+    D = y.shape[-1]
+    z = (y.unsqueeze(-2) - loc) / scale  # (*S, *B, K, D)
+    return -0.5 * z.square().sum(-1) - _half_log_det_diag(scale, D) - 0.5 * D * LOG_2PI
+
+
+def _half_log_det_diag(scale: Tensor, D: int) -> Tensor:
+    """``sum_d log scale_d`` over the event dim, for scale of shape (..., 1) or (..., D)."""
+    log_scale = scale.log()
+    if scale.dim() == 0:
+        return log_scale * D
+    if scale.shape[-1] == 1:
+        return log_scale.squeeze(-1) * D  # isotropic: one log per component, not D
+    return log_scale.sum(-1)
+
+
+def tril_component_log_prob(y: Tensor, loc: Tensor, scale_tril: Tensor) -> Tensor:
+    """Log-density of each component given the Cholesky factor of its covariance.
+
+    Args:
+        y: (*S, *B, D) points.
+        loc: (*B, K, D) component means.
+        scale_tril: (*B, K, D, D) lower-triangular ``L_k`` with ``Sigma_k = L_k L_k^T``.
+
+    Returns:
+        (*S, *B, K) log-densities; the Mahalanobis term is one triangular solve.
+    """
+    D = y.shape[-1]
+    n_batch = loc.dim() - 2
+    d = y.unsqueeze(-2) - loc  # (*S, *B, K, D)
+    d, sample_shape = _flatten_sample(d, n_batch)  # (*B, K, N, D)
+    L = scale_tril.expand((*d.shape[:-2], D, D))
+    w = torch.linalg.solve_triangular(L, d.transpose(-1, -2), upper=False)  # (*B, K, D, N)
+    maha = w.square().sum(-2)  # (*B, K, N)
+    half_log_det = L.diagonal(dim1=-2, dim2=-1).contiguous().log().sum(-1)  # (*B, K)
+    lp = -0.5 * maha - half_log_det.unsqueeze(-1) - 0.5 * D * LOG_2PI  # (*B, K, N)
+    return _k_last(lp, sample_shape)
+
+
+def _k_last(lp: Tensor, sample_shape: torch.Size) -> Tensor:
+    """(*B, K, N) -> (*S, *B, K)."""
+    lp = lp.movedim(-1, 0)  # (N, *B, K)
+    return lp.reshape(sample_shape + lp.shape[1:])
+
+
+def precision_component_log_prob(y: Tensor, loc: Tensor, precision_tril: Tensor) -> Tensor:
+    """Log-density of each component given a Cholesky factor of its precision.
+
+    Args:
+        y: (*S, *B, D) points.
+        loc: (*B, K, D) component means.
+        precision_tril: (*B, K, D, D) lower-triangular ``P_k`` with
+            ``Sigma_k^{-1} = P_k P_k^T``.
+
+    Returns:
+        (*S, *B, K) log-densities: ``-||P_k^T (y - mu_k)||^2 / 2 + sum log diag P_k - ...``,
+        a matrix-vector product and no solve.
+    """
+    D = y.shape[-1]
+    n_batch = loc.dim() - 2
+    d = y.unsqueeze(-2) - loc  # (*S, *B, K, D)
+    d, sample_shape = _flatten_sample(d, n_batch)  # (*B, K, N, D)
+    u = torch.matmul(d, precision_tril)  # rows of d P = (P^T d)^T: (*B, K, N, D)
+    half_log_det = precision_tril.diagonal(dim1=-2, dim2=-1).contiguous().log().sum(-1)  # (*B, K)
+    lp = -0.5 * u.square().sum(-1) + half_log_det.unsqueeze(-1) - 0.5 * D * LOG_2PI
+    return _k_last(lp, sample_shape)
+
+
+def mixture_log_prob(logits: Tensor, component_log_prob: Tensor) -> Tensor:
+    """``log sum_k softmax(logits)_k exp(component_log_prob_k)`` over the last dim.
+
+    Args:
+        logits: (*B, K) unnormalized log-weights.
+        component_log_prob: (*S, *B, K).
+
+    Returns:
+        (*S, *B).
+    """
+    return torch.logsumexp(torch.log_softmax(logits, -1) + component_log_prob, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------
+# Fused mixture log-densities (hot path)
+# ---------------------------------------------------------------------------------------
+
+
+def _reduce_to(grad: Tensor, like: Tensor) -> Tensor:
+    """Sum a broadcast gradient back to the shape of the input it belongs to."""
+    return grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
+
+
+class _DiagMixtureLogProb(torch.autograd.Function):
+    @staticmethod
+    def forward(y: Tensor, logits: Tensor, loc: Tensor, scale: Tensor) -> Any:
+        D = y.shape[-1]
+        log_w = torch.log_softmax(logits, -1)  # (*B, K)
+        z = y.unsqueeze(-2) - loc  # (*S, *B, K, D)
+        z.div_(scale)  # in place: the residual itself is never needed again
+        lp = z.square().sum(-1)  # (*S, *B, K)
+        lp.mul_(-0.5).add_(log_w - _half_log_det_diag(scale, D) - 0.5 * D * LOG_2PI)
+        out = torch.logsumexp(lp, -1)  # (*S, *B)
+        resp = lp.sub_(out.unsqueeze(-1)).exp_()  # responsibilities, (*S, *B, K)
+        return out, z, resp, log_w
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Any) -> None:
+        y, logits, loc, scale = inputs
+        _, z, resp, log_w = output
+        ctx.save_for_backward(y, logits, loc, scale, z, resp, log_w)
+        ctx.mark_non_differentiable(z, resp, log_w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> Any:
+        y, logits, loc, scale, z, resp, log_w = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiate the composite expression instead, so that the
+            # gradient is itself differentiable with respect to every input.
+            return _composite_backward(
+                lambda *a: mixture_log_prob(a[1], diag_component_log_prob(a[0], a[2], a[3])),
+                (y, logits, loc, scale),
+                grad,
+                ctx.needs_input_grad,
+            )
+        need_y, need_logits, need_loc, need_scale = ctx.needs_input_grad
+        g_resp = resp * grad.unsqueeze(-1)  # (*S, *B, K)
+        grads: list[Tensor | None] = [None, None, None, None]
+        if need_logits:
+            grads[1] = _reduce_to(g_resp - grad.unsqueeze(-1) * log_w.exp(), logits)
+        if need_y or need_loc:
+            w = z / scale * g_resp.unsqueeze(-1)  # d lp / d loc, (*S, *B, K, D)
+            if need_loc:
+                grads[2] = _reduce_to(w, loc)
+            if need_y:
+                grads[0] = _reduce_to(-w.sum(-2), y)
+        if need_scale:
+            # d log N / d sigma = (z^2 - 1) / sigma, per element of the (broadcast) scale.
+            g_s = (z.square().sub_(1.0)).mul_(g_resp.unsqueeze(-1)).div_(scale)
+            grads[3] = _reduce_to(g_s, scale)
+        return tuple(grads)
+
+
+class _PrecisionMixtureLogProb(torch.autograd.Function):
+    @staticmethod
+    def forward(y: Tensor, logits: Tensor, loc: Tensor, P: Tensor) -> Any:
+        D = y.shape[-1]
+        n_batch = loc.dim() - 2
+        log_w = torch.log_softmax(logits, -1)  # (*B, K)
+        d, sample_shape = _flatten_sample(y.unsqueeze(-2) - loc, n_batch)  # (*B, K, N, D)
+        u = torch.matmul(d, P)  # (P^T d)^T, (*B, K, N, D)
+        half_log_det = P.diagonal(dim1=-2, dim2=-1).contiguous().log().sum(-1)  # (*B, K)
+        lp = u.square().sum(-1)  # (*B, K, N)
+        lp.mul_(-0.5).add_((log_w + half_log_det - 0.5 * D * LOG_2PI).unsqueeze(-1))
+        out = torch.logsumexp(lp, -2)  # (*B, N)
+        resp = lp.sub_(out.unsqueeze(-2)).exp_()  # (*B, K, N)
+        out = out.movedim(-1, 0).reshape(sample_shape + out.shape[:-1])  # (*S, *B)
+        return out, d, u, resp, log_w
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Any) -> None:
+        y, logits, loc, P = inputs
+        _, d, u, resp, log_w = output
+        ctx.save_for_backward(y, logits, loc, P, d, u, resp, log_w)
+        ctx.mark_non_differentiable(d, u, resp, log_w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> Any:
+        y, logits, loc, P, d, u, resp, log_w = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _composite_backward(
+                lambda *a: mixture_log_prob(a[1], precision_component_log_prob(a[0], a[2], a[3])),
+                (y, logits, loc, P),
+                grad,
+                ctx.needs_input_grad,
+            )
+        need_y, need_logits, need_loc, need_P = ctx.needs_input_grad
+        batch_shape = resp.shape[:-2]
+        sample_shape = grad.shape[: grad.dim() - len(batch_shape)]
+        g = grad.expand(sample_shape + batch_shape).reshape((-1, *batch_shape))
+        g = g.movedim(0, -1).unsqueeze(-2)  # (*B, 1, N)
+        g_resp = resp * g  # (*B, K, N)
+        grads: list[Tensor | None] = [None, None, None, None]
+        if need_logits:
+            grads[1] = _reduce_to(g_resp.sum(-1) - g.sum(-1) * log_w.exp(), logits)
+        if need_y or need_loc:
+            # d lp / d loc = P P^T (y - mu) = P u
+            w = torch.matmul(u, P.transpose(-1, -2)).mul_(g_resp.unsqueeze(-1))  # (*B,K,N,D)
+            if need_loc:
+                grads[2] = _reduce_to(w.sum(-2), loc)
+            if need_y:
+                gy = w.sum(-3).neg_().movedim(-2, 0)  # (N, *B, D)
+                gy = gy.reshape(sample_shape + gy.shape[1:])
+                grads[0] = _reduce_to(gy, y)
+        if need_P:
+            # d lp / d P = -(y - mu) u^T + diag(1 / diag P)
+            dg = d * g_resp.unsqueeze(-1).neg()  # (*B, K, N, D)
+            if dg.shape[-2] == 1:
+                # One sample: an outer product. Broadcasting beats a batch of rank-1 GEMMs.
+                gP = dg.transpose(-1, -2) * u  # (*B, K, D, D)
+            else:
+                gP = torch.matmul(dg.transpose(-1, -2), u)  # sums over the N samples
+            diag = gP.diagonal(dim1=-2, dim2=-1)
+            diag.add_(g_resp.sum(-1).unsqueeze(-1) / P.diagonal(dim1=-2, dim2=-1))
+            grads[3] = _reduce_to(gP, P)
+        return tuple(grads)
+
+
+def _composite_backward(
+    fn: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    grad: Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    """Vector-Jacobian product of ``fn`` at ``inputs`` with a differentiable graph."""
+    # The saved inputs are the caller's tensors with their history, so the returned
+    # gradients stay connected to it (unlike a recomputation on detached copies).
+    with torch.enable_grad():
+        out = fn(*inputs)
+        wrt = [x for x, n in zip(inputs, needs) if n]
+        vjps = iter(torch.autograd.grad(out, wrt, grad, create_graph=True))
+    return tuple(next(vjps) if n else None for n in needs)
+
+
+def diag_mixture_log_prob(y: Tensor, logits: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """Mixture of diagonal Gaussians: fused ``log sum_k pi_k N(y | loc_k, diag(scale_k^2))``.
+
+    Args:
+        y: (*S, *B, D) points.
+        logits: (*B, K) unnormalized log-weights.
+        loc: (*B, K, D) means.
+        scale: standard deviations broadcastable to (*B, K, D).
+
+    Returns:
+        (*S, *B) log-densities, equal to
+        ``mixture_log_prob(logits, diag_component_log_prob(y, loc, scale))``.
+
+    Example:
+        >>> y, logits = torch.zeros(4, 1), torch.zeros(4, 3)
+        >>> lp = diag_mixture_log_prob(y, logits, torch.zeros(4, 3, 1), torch.ones(4, 3, 1))
+        >>> torch.allclose(lp, torch.full((4,), -0.5 * LOG_2PI))
+        True
+    """
+    return _DiagMixtureLogProb.apply(y, logits, loc, scale)[0]
+
+
+def precision_mixture_log_prob(
+    y: Tensor, logits: Tensor, loc: Tensor, precision_tril: Tensor
+) -> Tensor:
+    """Mixture of full-covariance Gaussians parameterized by precision Cholesky factors.
+
+    Args:
+        y: (*S, *B, D) points.
+        logits: (*B, K) unnormalized log-weights.
+        loc: (*B, K, D) means.
+        precision_tril: (*B, K, D, D) lower-triangular ``P_k``, ``Sigma_k^{-1} = P_k P_k^T``.
+
+    Returns:
+        (*S, *B) log-densities.
+
+    Example:
+        >>> P = torch.eye(2).expand(4, 3, 2, 2)
+        >>> lp = precision_mixture_log_prob(torch.zeros(4, 2), torch.zeros(4, 3),
+        ...                                 torch.zeros(4, 3, 2), P)
+        >>> torch.allclose(lp, torch.full((4,), -LOG_2PI))
+        True
+    """
+    return _PrecisionMixtureLogProb.apply(y, logits, loc, precision_tril)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Root finding
+# ---------------------------------------------------------------------------------------
+
+
+def newton_bisect(
+    func: Callable[[Tensor], tuple[Tensor, Tensor]],
+    target: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    *,
+    max_iter: int = 200,
+    xtol: float | None = None,
+) -> Tensor:
+    """Solve ``f(x) = target`` elementwise for increasing ``f`` by safeguarded Newton.
+
+    Each iteration takes a Newton step from the current point; when that step leaves the
+    bracket ``[lo, hi]`` (or the derivative vanishes) it bisects instead, and the bracket
+    shrinks every iteration, so convergence is guaranteed for any continuous increasing
+    ``f`` with ``f(lo) <= target <= f(hi)``.
+
+    Args:
+        func: maps ``x`` to ``(f(x), f'(x))``, both of the shape of ``x``.
+        target: values to reach, same shape as ``lo`` and ``hi``.
+        lo: lower end of the bracket.
+        hi: upper end of the bracket.
+        max_iter: iteration cap.
+        xtol: stop once every bracket or step is below ``xtol * (1 + |x|)``. Defaults to
+            ``4 * eps`` of the dtype.
+
+    Returns:
+        The roots, shape of ``target``.
+
+    Example:
+        >>> cube = lambda x: (x**3, 3 * x**2)
+        >>> r = newton_bisect(cube, torch.tensor([8.0, -1.0]), torch.full((2,), -5.0),
+        ...                   torch.full((2,), 5.0))
+        >>> torch.allclose(r, torch.tensor([2.0, -1.0]))
+        True
+    """
+    if xtol is None:
+        # A few ulps: bisection cannot do better, and Newton has converged long before.
+        xtol = 4.0 * torch.finfo(target.dtype).eps
+    lo, hi = lo.clone(), hi.clone()
+    x = 0.5 * (lo + hi)
+    for _ in range(max_iter):
+        f, df = func(x)
+        below = f < target
+        lo = torch.where(below, x, lo)
+        hi = torch.where(below, hi, x)
+        step = (f - target) / df
+        newton = x - step
+        ok = torch.isfinite(newton) & (newton > lo) & (newton < hi)
+        x_new = torch.where(ok, newton, 0.5 * (lo + hi))
+        tol = xtol * (1.0 + x_new.abs())
+        done = ((x_new - x).abs() <= tol) | ((hi - lo) <= tol) | (f == target)
+        x = x_new
+        if bool(done.all()):
+            break
+    return x

@@ -1,0 +1,603 @@
+"""Tests for GaussianMixture against torch.distributions and scipy references."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, optimize, stats
+from torch.distributions import (
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+)
+
+from mixture_density import _math
+from mixture_density.distribution import GaussianMixture
+
+NOISE = ["full_tril", "full_precision", "diagonal", "isotropic", "shared", "fixed"]
+BATCH = [(), (3,), (2, 3)]
+SAMPLE = [(), (5,)]
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _spd(batch: tuple[int, ...], K: int, D: int, dtype: torch.dtype) -> torch.Tensor:
+    A = torch.randn(*batch, K, D, D, dtype=torch.float64)
+    cov = A @ A.transpose(-1, -2) / D + 0.5 * torch.eye(D, dtype=torch.float64)
+    return cov.to(dtype)
+
+
+def make(
+    noise: str,
+    batch: tuple[int, ...],
+    K: int,
+    D: int,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[GaussianMixture, MixtureSameFamily]:
+    """Our mixture and the equivalent torch MixtureSameFamily (built independently)."""
+    logits = torch.randn(*batch, K, dtype=dtype)
+    loc = torch.randn(*batch, K, D, dtype=dtype)
+    mix = Categorical(logits=logits)
+    if noise in ("full_tril", "full_precision"):
+        cov = _spd(batch, K, D, torch.float64)
+        ref_comp = MultivariateNormal(loc, covariance_matrix=cov.to(dtype))
+        if noise == "full_tril":
+            gm = GaussianMixture(logits, loc, scale_tril=torch.linalg.cholesky(cov).to(dtype))
+        else:
+            # lower P with P P^T = Sigma^{-1}, computed in float64 by a reference route.
+            P = torch.linalg.cholesky(torch.linalg.inv(cov)).to(dtype)
+            gm = GaussianMixture(logits, loc, precision_tril=P)
+        return gm, MixtureSameFamily(mix, ref_comp)
+    shapes = {
+        "diagonal": (*batch, K, D),
+        "isotropic": (*batch, K, 1),
+        "shared": (*batch, 1, 1),
+        "fixed": (),
+    }
+    scale = (torch.rand(shapes[noise], dtype=dtype) + 0.5).to(dtype)
+    gm = GaussianMixture(logits, loc, scale=scale)
+    full = scale.expand(*batch, K, D)
+    return gm, MixtureSameFamily(mix, Independent(Normal(loc, full), 1))
+
+
+# ----------------------------------------------------------------- reference grid
+
+
+@pytest.mark.parametrize("noise", NOISE)
+@pytest.mark.parametrize("batch", BATCH)
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("D", [1, 2, 4])
+def test_matches_mixture_same_family(noise: str, batch: tuple[int, ...], K: int, D: int) -> None:
+    for dtype in (torch.float64, torch.float32):
+        gm, ref = make(noise, batch, K, D, dtype)
+        tol = TOL[dtype]
+        for sample in SAMPLE:
+            y = torch.randn(*sample, *batch, D, dtype=dtype)
+            lp = gm.log_prob(y)
+            assert lp.shape == (*sample, *batch)
+            assert lp.dtype == dtype
+            torch.testing.assert_close(lp, ref.log_prob(y), rtol=tol, atol=tol)
+        torch.testing.assert_close(gm.mean, ref.mean, rtol=tol, atol=tol)
+        torch.testing.assert_close(gm.variance, ref.variance, rtol=tol, atol=tol)
+        # Law of total variance, from the reference components.
+        comp = ref.component_distribution
+        if isinstance(comp, Independent):
+            ccov = torch.diag_embed(comp.base_dist.variance)
+        else:
+            ccov = comp.covariance_matrix
+        dev = comp.mean - ref.mean.unsqueeze(-2)
+        w = ref.mixture_distribution.probs[..., None, None]
+        cov = (w * (ccov + dev.unsqueeze(-1) * dev.unsqueeze(-2))).sum(-3)
+        torch.testing.assert_close(gm.covariance_matrix, cov, rtol=tol, atol=tol)
+        torch.testing.assert_close(gm.component_covariance_matrix, ccov, rtol=tol, atol=tol)
+        torch.testing.assert_close(
+            gm.scale_tril @ gm.scale_tril.transpose(-1, -2), ccov, rtol=tol, atol=tol
+        )
+        torch.testing.assert_close(
+            gm.component_stddev, ccov.diagonal(dim1=-2, dim2=-1).sqrt(), rtol=tol, atol=tol
+        )
+        torch.testing.assert_close(gm.stddev, gm.variance.sqrt())
+        assert gm.batch_shape == batch and gm.event_shape == (D,)
+        torch.testing.assert_close(gm.probs.sum(-1), torch.ones(batch, dtype=dtype))
+        torch.testing.assert_close(gm.logits.exp(), gm.probs)
+        # to_torch gives the same density.
+        y = torch.randn(*batch, D, dtype=dtype)
+        torch.testing.assert_close(gm.to_torch().log_prob(y), gm.log_prob(y), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_shape_grid_gradients(noise: str) -> None:
+    """Every parameter gets a finite gradient through log_prob and through the moments."""
+    for batch in BATCH:
+        K, D = 3, 2
+        logits = torch.randn(*batch, K, dtype=torch.float64, requires_grad=True)
+        loc = torch.randn(*batch, K, D, dtype=torch.float64, requires_grad=True)
+        factor, kw = _factor(noise, batch, K, D)
+        gm = GaussianMixture(logits, loc, **kw)
+        y = torch.randn(5, *batch, D, dtype=torch.float64)
+        (gm.log_prob(y).sum() + gm.mean.sum() + gm.variance.sum()).backward()
+        for p in (logits, loc, factor):
+            assert p.grad is not None and p.grad.shape == p.shape
+            assert torch.isfinite(p.grad).all()
+            assert p.grad.abs().sum() > 0
+
+
+def _factor(
+    noise: str, batch: tuple[int, ...], K: int, D: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    if noise in ("full_tril", "full_precision"):
+        t = torch.linalg.cholesky(_spd(batch, K, D, torch.float64)).requires_grad_()
+        return t, {"scale_tril" if noise == "full_tril" else "precision_tril": t}
+    shapes = {"diagonal": (*batch, K, D), "isotropic": (*batch, K, 1), "shared": (1, 1)}
+    t = (torch.rand(shapes.get(noise, ()), dtype=torch.float64) + 0.5).requires_grad_()
+    return t, {"scale": t}
+
+
+def test_scipy_spot_checks() -> None:
+    """Independent constants check (the 2 pi term) against scipy.stats in float64."""
+    K, D = 3, 3
+    gm, _ = make("full_precision", (), K, D)
+    cov = gm.component_covariance_matrix.numpy()
+    y = np.random.default_rng(0).normal(size=(4, D))
+    pdf = sum(
+        gm.probs[k].item() * stats.multivariate_normal(gm.loc[k].numpy(), cov[k]).pdf(y)
+        for k in range(K)
+    )
+    np.testing.assert_allclose(gm.log_prob(torch.from_numpy(y)).numpy(), np.log(pdf), rtol=1e-12)
+    gd = GaussianMixture(torch.zeros(1), torch.zeros(1, 2), scale=torch.full((1, 2), 2.0))
+    ref = stats.multivariate_normal(np.zeros(2), 4 * np.eye(2)).logpdf([0.3, -0.1])
+    assert gd.log_prob(torch.tensor([0.3, -0.1])).item() == pytest.approx(ref, rel=1e-6)
+
+
+# ----------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_gradcheck(noise: str) -> None:
+    batch, K, D = (2,), 3, 2
+    logits = torch.randn(*batch, K, dtype=torch.float64, requires_grad=True)
+    loc = torch.randn(*batch, K, D, dtype=torch.float64, requires_grad=True)
+    factor, kw = _factor(noise, batch, K, D)
+    (name,) = kw
+    y = torch.randn(4, *batch, D, dtype=torch.float64, requires_grad=True)
+
+    def f(y: torch.Tensor, lg: torch.Tensor, mu: torch.Tensor, fac: torch.Tensor) -> torch.Tensor:
+        if name != "scale":
+            fac = fac.tril()  # perturbations must stay in the lower triangle
+        return GaussianMixture(lg, mu, **{name: fac}).log_prob(y)
+
+    args = (y, logits, loc, factor)
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+@pytest.mark.parametrize("kind", ["diag", "precision"])
+def test_fused_kernels_match_composite(kind: str) -> None:
+    """The fused autograd.Functions equal the composite expressions, values and gradients."""
+    batch, K, D = (3,), 4, 3
+    y = torch.randn(2, 5, *batch, D, dtype=torch.float64, requires_grad=True)
+    lg = torch.randn(*batch, K, dtype=torch.float64, requires_grad=True)
+    mu = torch.randn(*batch, K, D, dtype=torch.float64, requires_grad=True)
+    if kind == "diag":
+        fac = (torch.rand(K, 1, dtype=torch.float64) + 0.5).requires_grad_()  # broadcast
+        fused: Callable[..., torch.Tensor] = _math.diag_mixture_log_prob
+        comp = _math.diag_component_log_prob
+    else:
+        fac = torch.linalg.cholesky(_spd(batch, K, D, torch.float64)).requires_grad_()
+        fused, comp = _math.precision_mixture_log_prob, _math.precision_component_log_prob
+    a = fused(y, lg, mu, fac)
+    b = _math.mixture_log_prob(lg, comp(y, mu, fac))
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(a)
+    ga = torch.autograd.grad(a, (y, lg, mu, fac), g)
+    gb = torch.autograd.grad(b, (y, lg, mu, fac), g)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------- shapes and errors
+
+
+def test_rejects_batch_shaped_target_for_1d() -> None:
+    """A (B,) target must not broadcast to (B, B) against a (B,) batch."""
+    gm = GaussianMixture(torch.zeros(8, 2), torch.zeros(8, 2, 1), scale=torch.ones(8, 2, 1))
+    with pytest.raises(ValueError, match=r"value.*\(8,\)"):
+        gm.log_prob(torch.zeros(8))
+    assert gm.log_prob(torch.zeros(8, 1)).shape == (8,)
+
+
+def test_rejects_wrong_event_dim_and_batch() -> None:
+    gm = GaussianMixture(torch.zeros(3, 2), torch.zeros(3, 2, 4), scale=torch.ones(3, 2, 4))
+    with pytest.raises(ValueError, match="value"):
+        gm.log_prob(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="batch"):
+        gm.log_prob(torch.zeros(5, 4))
+    assert gm.log_prob(torch.zeros(7, 1, 4)).shape == (7, 3)  # broadcasting still allowed
+
+
+def test_parameter_errors() -> None:
+    lg, mu = torch.zeros(3, 2), torch.zeros(3, 2, 4)
+    with pytest.raises(ValueError, match="exactly one"):
+        GaussianMixture(lg, mu)
+    with pytest.raises(ValueError, match="exactly one"):
+        GaussianMixture(lg, mu, scale=torch.ones(()), scale_tril=torch.eye(4))
+    with pytest.raises(ValueError, match=r"loc.*K = logits.shape\[-1\] = 2"):
+        GaussianMixture(lg, torch.zeros(3, 5, 4), scale=torch.ones(()))
+    with pytest.raises(ValueError, match=r"scale.*\(3, 2, 3\)"):
+        GaussianMixture(lg, mu, scale=torch.ones(3, 2, 3))
+    with pytest.raises(ValueError, match=r"scale_tril.*\(3, 2, 4, 3\)"):
+        GaussianMixture(lg, mu, scale_tril=torch.ones(3, 2, 4, 3))
+    with pytest.raises(ValueError, match="broadcast"):
+        GaussianMixture(lg, torch.zeros(4, 2, 4), scale=torch.ones(()))
+    with pytest.raises(TypeError, match="floating"):
+        GaussianMixture(torch.zeros(3, 2, dtype=torch.long), mu, scale=torch.ones(()))
+
+
+def test_validate_args_non_finite() -> None:
+    lg, mu, s = torch.zeros(3, 2), torch.zeros(3, 2, 1), torch.ones(3, 2, 1)
+    with pytest.raises(ValueError, match="logits must be finite"):
+        GaussianMixture(lg.clone().fill_(math.nan), mu, scale=s, validate_args=True)
+    with pytest.raises(ValueError, match="loc must be finite"):
+        GaussianMixture(lg, mu.clone().fill_(math.inf), scale=s, validate_args=True)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        GaussianMixture(lg, mu, scale=-s, validate_args=True)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        GaussianMixture(lg, mu, scale=s * math.nan, validate_args=True)
+    with pytest.raises(ValueError, match="lower triangular"):
+        GaussianMixture(lg, mu.expand(3, 2, 2), scale_tril=torch.ones(2, 2), validate_args=True)
+    with pytest.raises(ValueError, match="positive diagonal"):
+        GaussianMixture(lg, mu.expand(3, 2, 2), precision_tril=-torch.eye(2), validate_args=True)
+    gm = GaussianMixture(lg, mu, scale=s, validate_args=True)
+    with pytest.raises(ValueError, match="value must be finite"):
+        gm.log_prob(torch.full((3, 1), math.nan))
+    # Without validation nothing is checked beyond shapes.
+    assert GaussianMixture(lg, mu, scale=s * math.nan, validate_args=False).batch_shape == (3,)
+
+
+def test_half_precision_upcasts_to_float32() -> None:
+    for dtype in (torch.float16, torch.bfloat16):
+        gm = GaussianMixture(
+            torch.zeros(4, 3, dtype=dtype),
+            torch.randn(4, 3, 2).to(dtype),
+            scale=torch.ones(4, 3, 2, dtype=dtype),
+        )
+        lp = gm.log_prob(torch.randn(4, 2).to(dtype))
+        assert lp.dtype == torch.float32 and torch.isfinite(lp).all()
+        assert gm.sample((2,)).dtype == torch.float32
+
+
+def test_extra_batch_dims_and_expand() -> None:
+    gm, ref = make("full_precision", (2, 3), 3, 2)
+    y = torch.randn(4, 1, 3, 2, dtype=torch.float64)
+    torch.testing.assert_close(gm.log_prob(y), ref.log_prob(y))
+    ex = gm.expand((5, 2, 3))
+    assert ex.batch_shape == (5, 2, 3)
+    torch.testing.assert_close(ex.log_prob(y[0])[0], gm.log_prob(y[0]))
+    # Logits shared by the batch broadcast against loc.
+    g2 = GaussianMixture(torch.zeros(3), torch.zeros(4, 3, 2), scale=torch.ones(3, 1))
+    assert g2.batch_shape == (4,)
+
+
+def test_scale_is_an_expanded_view() -> None:
+    s = torch.ones(1, 1)
+    gm = GaussianMixture(torch.zeros(100, 3), torch.zeros(100, 3, 4), scale=s)
+    assert gm.scale is not None and gm.scale.shape == (100, 3, 4)
+    assert gm.scale.data_ptr() == s.data_ptr() and gm.scale.stride() == (0, 0, 0)
+
+
+# ----------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("noise", ["diagonal", "isotropic", "full_tril", "full_precision"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_values_finite(noise: str, dtype: torch.dtype) -> None:
+    """|y - mu| = 1e4 sigma, scales 1e-6 .. 1e3, logits +-1e4: finite values and gradients."""
+    K, D = 3, 2
+    logits = torch.tensor([1e4, -1e4, 0.0], dtype=dtype, requires_grad=True)
+    loc = torch.zeros(K, D, dtype=dtype, requires_grad=True)
+    sig = torch.tensor([1e-6, 1e-3, 1e3], dtype=dtype)
+    if noise == "diagonal":
+        f = sig[:, None].expand(K, D).clone().requires_grad_()
+        kw = {"scale": f}
+    elif noise == "isotropic":
+        f = sig[:, None].clone().requires_grad_()
+        kw = {"scale": f}
+    elif noise == "full_tril":
+        f = (sig[:, None, None] * torch.eye(D, dtype=dtype)).requires_grad_()
+        kw = {"scale_tril": f}
+    else:
+        f = (torch.eye(D, dtype=dtype) / sig[:, None, None]).requires_grad_()
+        kw = {"precision_tril": f}
+    gm = GaussianMixture(logits, loc, **kw)
+    y = torch.tensor([[1e-2, 1e-2], [1e4 * 1e-6, 0.0], [1e7, -1e7], [0.0, 0.0]], dtype=dtype)
+    lp = gm.log_prob(y)
+    assert torch.isfinite(lp).all()
+    lp.sum().backward()
+    for p in (logits, loc, f):
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+# ----------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_sample_moments(noise: str) -> None:
+    """Sample mean/covariance within 5 sigma/sqrt(n) of the exact moments (seed 0)."""
+    torch.manual_seed(0)
+    gm, _ = make(noise, (2,), 3, 3)
+    n = 20000
+    x = gm.sample((n,))
+    assert x.shape == (n, 2, 3) and x.dtype == torch.float64
+    sd = gm.stddev
+    assert ((x.mean(0) - gm.mean).abs() <= 5 * sd / math.sqrt(n)).all()
+    dev = x - gm.mean
+    emp = (dev.unsqueeze(-1) * dev.unsqueeze(-2)).mean(0)  # (2, 3, 3)
+    # Standard error of a second moment entry: sqrt(Var[d_i d_j] / n).
+    se = (dev.unsqueeze(-1) * dev.unsqueeze(-2)).std(0) / math.sqrt(n)
+    assert ((emp - gm.covariance_matrix).abs() <= 5 * se).all()
+
+
+def test_sample_index_valid_when_float32_probs_sum_below_one() -> None:
+    """Regression (searchsorted on a cumsum that ends below 1 returns index K)."""
+    K = 10
+    logits = 3 * torch.randn(64, K, generator=torch.Generator().manual_seed(0))
+    probs = torch.softmax(logits, -1)
+    assert (probs.cumsum(-1)[:, -1] < 1).sum() >= 10  # the float32 trap is present
+    loc = torch.arange(K, dtype=torch.float32).expand(64, K).unsqueeze(-1)
+    gm = GaussianMixture(logits, loc, scale=torch.full((1, 1), 1e-3))
+    x = gm.sample((200,))
+    assert torch.isfinite(x).all()
+    idx = x.round().long()
+    assert ((idx >= 0) & (idx < K)).all()
+    # Index frequencies follow the weights (no mass moved onto component 0).
+    freq = torch.nn.functional.one_hot(idx[..., 0], K).double().mean(0)  # (64, K)
+    assert (freq - probs.double()).abs().max() < 5 * math.sqrt(0.25 / 200)
+
+
+def test_sample_uses_each_component_own_parameters() -> None:
+    """Isotropic tiling regression: component k uses its own sigma on every output dim."""
+    loc = torch.tensor([[0.0, 0.0], [100.0, 100.0]], dtype=torch.float64)
+    scale = torch.tensor([[0.1], [10.0]], dtype=torch.float64)
+    gm = GaussianMixture(torch.zeros(2, dtype=torch.float64), loc, scale=scale)
+    x = gm.sample((20000,))
+    near = x[:, 0] < 50
+    assert near.float().mean().item() == pytest.approx(0.5, abs=0.02)
+    torch.testing.assert_close(
+        x[near].std(0), torch.full((2,), 0.1, dtype=torch.float64), rtol=0.05, atol=0.0
+    )
+    torch.testing.assert_close(
+        x[~near].std(0), torch.full((2,), 10.0, dtype=torch.float64), rtol=0.05, atol=0.0
+    )
+    # Density: each component is MVN(mu_k, sigma_k^2 I), not sigma tiled across components.
+    y = torch.tensor([[0.05, -0.02], [95.0, 103.0]], dtype=torch.float64)
+    ref = torch.logsumexp(
+        torch.stack(
+            [
+                MultivariateNormal(
+                    loc[k], covariance_matrix=scale[k] ** 2 * torch.eye(2, dtype=torch.float64)
+                ).log_prob(y)
+                for k in range(2)
+            ],
+            -1,
+        )
+        + math.log(0.5),
+        -1,
+    )
+    torch.testing.assert_close(gm.log_prob(y), ref)
+
+
+def test_ks_1d_samples_against_cdf() -> None:
+    torch.manual_seed(1)
+    gm = GaussianMixture(
+        torch.tensor([0.0, 1.0, -0.5], dtype=torch.float64),
+        torch.tensor([[-2.0], [0.5], [3.0]], dtype=torch.float64),
+        scale=torch.tensor([[0.5], [1.0], [0.3]], dtype=torch.float64),
+    )
+    x = gm.sample((3000,)).squeeze(-1).numpy()
+    res = stats.kstest(x, lambda v: gm.cdf(torch.from_numpy(v).unsqueeze(-1)).numpy())
+    assert res.pvalue > 1e-3
+
+
+@pytest.mark.parametrize("noise", ["full_tril", "full_precision"])
+def test_ks_projection_full(noise: str) -> None:
+    """Full-covariance sampler: a 1-D marginal of the samples follows the marginal cdf."""
+    torch.manual_seed(2)
+    gm, _ = make(noise, (), 3, 3)
+    x = gm.sample((3000,))[:, 1].numpy()
+    m = gm.marginal([1])
+    res = stats.kstest(x, lambda v: m.cdf(torch.from_numpy(v).unsqueeze(-1)).numpy())
+    assert res.pvalue > 1e-3
+
+
+# ----------------------------------------------------------------- cdf / icdf
+
+
+def _mix1d(dtype: torch.dtype = torch.float64) -> GaussianMixture:
+    return GaussianMixture(
+        torch.tensor([[0.3, -1.0, 2.0], [0.0, 0.0, 0.0]], dtype=dtype),
+        torch.tensor([[[-3.0], [0.0], [4.0]], [[0.0], [1e-3], [-1e-3]]], dtype=dtype),
+        scale=torch.tensor([[[0.2], [1.5], [0.7]], [[1e-3], [2.0], [1.0]]], dtype=dtype),
+    )
+
+
+def test_cdf_against_scipy_and_icdf_roundtrip() -> None:
+    gm = _mix1d()
+    y = torch.linspace(-6, 6, 25, dtype=torch.float64)[:, None, None]  # (25, 1, 1)
+    w, mu, sd = gm.probs.numpy(), gm.loc[..., 0].numpy(), gm.component_stddev[..., 0].numpy()
+    ref = (w * stats.norm.cdf((y.numpy() - mu) / sd)).sum(-1)
+    np.testing.assert_allclose(gm.cdf(y).numpy(), ref, rtol=1e-12, atol=1e-15)
+    q = torch.tensor([1e-12, 1e-6, 0.01, 0.3, 0.5, 0.77, 0.99, 1 - 1e-9], dtype=torch.float64)
+    q = q[:, None].expand(8, 2)
+    x = gm.icdf(q)
+    assert x.shape == (8, 2, 1)
+    torch.testing.assert_close(gm.cdf(x), q, rtol=1e-9, atol=1e-14)
+    for j in range(2):
+        for i in (1, 3, 5, 6):
+            qi = q[i, j].item()
+
+            def f(v: float, qi: float = qi, j: int = j) -> float:
+                return float((w[j] * stats.norm.cdf((v - mu[j]) / sd[j])).sum() - qi)
+
+            r = optimize.brentq(f, -50, 50, xtol=1e-14)
+            assert x[i, j, 0].item() == pytest.approx(r, abs=1e-6)
+    assert torch.isinf(gm.icdf(torch.tensor([0.0, 1.0], dtype=torch.float64))).all()
+
+
+def test_icdf_float32() -> None:
+    gm = _mix1d(torch.float32)
+    q = torch.tensor([0.01, 0.25, 0.5, 0.9], dtype=torch.float32)[:, None].expand(4, 2)
+    x = gm.icdf(q)
+    x64 = _mix1d().icdf(q.double())
+    torch.testing.assert_close(x.double(), x64, rtol=1e-5, atol=1e-5)
+
+
+def test_cdf_requires_1d() -> None:
+    gm, _ = make("diagonal", (), 2, 3)
+    with pytest.raises(ValueError, match=r"marginal\(\[d\]\)"):
+        gm.cdf(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="marginal"):
+        gm.icdf(torch.tensor(0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        _mix1d().icdf(torch.tensor([1.5, 0.5], dtype=torch.float64))
+
+
+# ----------------------------------------------------------------- marginal / condition
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_marginal_closed_form(noise: str) -> None:
+    gm, _ = make(noise, (2,), 3, 4)
+    dims = [3, 1]
+    m = gm.marginal(dims)
+    cov = gm.component_covariance_matrix[..., dims, :][..., dims]
+    ref = MixtureSameFamily(
+        Categorical(logits=gm.logits), MultivariateNormal(gm.loc[..., dims], cov)
+    )
+    y = torch.randn(5, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(m.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
+    if noise != "full_precision" and noise != "full_tril":
+        assert m.parameterization == "scale"
+    assert gm.marginal([0, 1]).event_shape == (2,)
+
+
+def test_marginal_numerical_integration() -> None:
+    gm, _ = make("full_precision", (), 2, 2)
+    m = gm.marginal([0])
+    y0 = 0.3
+    val, _ = integrate.quad(
+        lambda t: math.exp(gm.log_prob(torch.tensor([y0, t], dtype=torch.float64)).item()),
+        -30,
+        30,
+        epsabs=1e-12,
+    )
+    assert math.exp(m.log_prob(torch.tensor([y0], dtype=torch.float64)).item()) == pytest.approx(
+        val, rel=1e-8
+    )
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_condition_matches_joint_minus_marginal(noise: str) -> None:
+    batch, D = (3,), 4
+    gm, _ = make(noise, batch, 3, D)
+    b = [2, 0]
+    a = [1, 3]
+    yb = torch.randn(*batch, 2, dtype=torch.float64)
+    c = gm.condition(b, yb)
+    assert c.event_shape == (2,) and c.batch_shape == batch
+    ya = torch.randn(6, *batch, 2, dtype=torch.float64)
+    y = torch.empty(6, *batch, D, dtype=torch.float64)
+    y[..., a], y[..., b] = ya, yb
+    expected = gm.log_prob(y) - gm.marginal(b).log_prob(yb)
+    torch.testing.assert_close(c.log_prob(ya), expected, rtol=1e-9, atol=1e-9)
+    if noise not in ("full_tril", "full_precision"):
+        assert c.parameterization == "scale"
+
+
+# ----------------------------------------------------------------- transformations
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_affine_change_of_variables(noise: str) -> None:
+    gm, _ = make(noise, (2,), 3, 3)
+    s = torch.tensor([2.0, -0.5, 3.0], dtype=torch.float64)
+    t = torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64)
+    g2 = gm.affine(s, t)
+    assert g2.parameterization == gm.parameterization
+    y = torch.randn(5, 2, 3, dtype=torch.float64)
+    expected = gm.log_prob((y - t) / s) - s.abs().log().sum()
+    torch.testing.assert_close(g2.log_prob(y), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g2.mean, gm.mean * s + t)
+    assert (g2.scale_tril.diagonal(dim1=-2, dim2=-1) > 0).all()
+    g3 = gm.affine(-2.0)  # scalar scale, default shift
+    expected = gm.log_prob(y / -2.0) - 3 * math.log(2.0)
+    torch.testing.assert_close(g3.log_prob(y), expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="scale"):
+        gm.affine(torch.zeros(3, dtype=torch.float64))
+
+
+def test_tempered() -> None:
+    gm, _ = make("full_precision", (2,), 3, 2)
+    t1 = gm.tempered(1.0)
+    y = torch.randn(4, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(t1.log_prob(y), gm.log_prob(y))
+    tau = 0.25
+    t = gm.tempered(tau)
+    torch.testing.assert_close(t.logits, torch.log_softmax(gm.logits / tau, -1))
+    torch.testing.assert_close(t.component_covariance_matrix, gm.component_covariance_matrix * tau)
+    d = GaussianMixture(torch.zeros(2), torch.zeros(2, 1), scale=torch.ones(2, 1)).tempered(4.0)
+    torch.testing.assert_close(d.component_stddev, torch.full((2, 1), 2.0))
+    with pytest.raises(ValueError, match="temperature"):
+        gm.tempered(0.0)
+
+
+def test_component_posterior() -> None:
+    gm, ref = make("diagonal", (3,), 4, 2)
+    y = torch.randn(5, 3, 2, dtype=torch.float64)
+    r = gm.component_posterior(y)
+    comp = ref.component_distribution.log_prob(y.unsqueeze(-2))
+    expected = torch.softmax(ref.mixture_distribution.logits + comp, -1)
+    torch.testing.assert_close(r, expected)
+    torch.testing.assert_close(gm.component_log_prob(y), comp)
+
+
+# ----------------------------------------------------------------- mode
+
+
+def _grad_at(gm: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().clone().requires_grad_()
+    (g,) = torch.autograd.grad(gm.log_prob(x).sum(), x)
+    return g
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_mode_is_stationary_and_best(noise: str) -> None:
+    gm, _ = make(noise, (4,), 3, 2)
+    m = gm.mode
+    assert m.shape == (4, 2)
+    assert _grad_at(gm, m).abs().max() < 1e-6
+    at_means = gm.log_prob(gm.loc.movedim(-2, 0))  # (K, 4)
+    assert (gm.log_prob(m) >= at_means.max(0).values - 1e-12).all()
+
+
+def test_mode_bimodal_returns_taller_and_overlapping() -> None:
+    # Well separated: the taller (narrower, not heavier) peak wins.
+    gm = GaussianMixture(
+        torch.log(torch.tensor([0.6, 0.4], dtype=torch.float64)),
+        torch.tensor([[0.0], [5.0]], dtype=torch.float64),
+        scale=torch.tensor([[2.0], [0.3]], dtype=torch.float64),
+    )
+    assert gm.mode.item() == pytest.approx(5.0, abs=1e-2)
+    assert _grad_at(gm, gm.mode).abs().item() < 1e-8
+    # Overlapping: one merged peak between the means.
+    gm2 = GaussianMixture(
+        torch.zeros(2, dtype=torch.float64),
+        torch.tensor([[0.0, 0.0], [1.0, 0.5]], dtype=torch.float64),
+        scale=torch.ones(2, 1, dtype=torch.float64),
+    )
+    torch.testing.assert_close(gm2.mode, torch.tensor([0.5, 0.25], dtype=torch.float64))
+    assert _grad_at(gm2, gm2.mode).abs().max() < 1e-8
