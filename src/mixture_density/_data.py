@@ -1,0 +1,552 @@
+"""Data plumbing for :func:`mixture_density.training.fit` (private).
+
+Converts user inputs to tensors with errors that name the argument, batches in-memory
+tensors with a seeded generator (sharded like ``DistributedSampler`` under DDP), and streams
+CSV files larger than memory (:class:`CSVChunkDataset`, :func:`streaming_moments`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    Subset,
+    get_worker_info,
+    random_split,
+)
+
+from ._distributed import DistContext
+
+__all__ = ["CSVChunkDataset", "Moments", "streaming_moments"]
+
+#: In-memory data smaller than this is copied to the GPU once, instead of per batch.
+DEVICE_RESIDENT_BYTES = 1 << 30
+#: Rows per validation batch; validation keeps no graph, so it can use large batches.
+EVAL_BATCH = 4096
+
+
+def as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """Converts an array-like to a floating tensor and checks it is non-empty and finite.
+
+    Args:
+        value: numpy array, tensor or nested sequence, shape ``(n, ...)``.
+        name: argument name used in error messages.
+        dtype: floating dtype of the result (the model's parameter dtype).
+
+    Returns:
+        Tensor of shape ``(n, ...)`` (a 0-d input is rejected), on the input's device.
+    """
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{name} must be a numeric array or tensor of shape (n, ...), got "
+                f"{type(value).__name__} that numpy cannot convert to float: {exc}"
+            ) from exc
+    if tensor.is_complex():
+        raise TypeError(f"{name} must be real-valued, got dtype {tensor.dtype}")
+    tensor = tensor.to(dtype)
+    if tensor.ndim == 0:
+        raise ValueError(f"{name} must have shape (n, ...), got a scalar")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); need at least one row")
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(tensor.shape[0], -1).any(dim=1).nonzero().flatten()
+        raise ValueError(
+            f"{name} contains NaN or inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
+            "drop or impute them before fitting"
+        )
+    return tensor
+
+
+def prepare_xy(
+    X: Any, y: Any, dtype: torch.dtype, *, names: tuple[str, str] = ("X", "y")
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validates a pair of arrays: ``X (n,)|(n, ...)`` and ``y (n,)|(n, D)``.
+
+    Returns:
+        ``X`` as ``(n, d)`` (1-D input becomes one column) or ``(n, ...)``, and ``y`` as
+        ``(n, D)``.
+    """
+    name_x, name_y = names
+    if X is None or y is None:
+        missing = name_x if X is None else name_y
+        raise ValueError(f"{missing} is None; pass both {name_x} and {name_y}")
+    Xt = as_tensor(X, name_x, dtype)
+    yt = as_tensor(y, name_y, dtype)
+    if Xt.ndim == 1:
+        Xt = Xt.unsqueeze(-1)
+    if yt.ndim == 1:
+        yt = yt.unsqueeze(-1)
+    if yt.ndim != 2:
+        raise ValueError(f"{name_y} must have shape (n,) or (n, D), got {tuple(yt.shape)}")
+    if Xt.shape[0] != yt.shape[0]:
+        raise ValueError(
+            f"{name_x} and {name_y} must have the same number of rows, got "
+            f"{Xt.shape[0]} and {yt.shape[0]}"
+        )
+    return Xt, yt
+
+
+def split_batch(batch: Any, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpacks a DataLoader item ``(x, y)``; ``y (B,)`` becomes ``(B, 1)``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(
+            f"{source} must yield (x, y) pairs, got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
+    xb, yb = batch
+    if not isinstance(xb, torch.Tensor) or not isinstance(yb, torch.Tensor):
+        xb, yb = torch.as_tensor(np.asarray(xb)), torch.as_tensor(np.asarray(yb))
+    if yb.ndim == 1:
+        yb = yb.unsqueeze(-1)
+    if xb.ndim == 1:
+        xb = xb.unsqueeze(-1)
+    return xb, yb
+
+
+class TensorBatches:
+    """Seeded minibatches over in-memory tensors, sharded across ranks like DDP's sampler.
+
+    Every rank draws the same permutation from an identically seeded generator, pads it to a
+    multiple of ``world_size`` by repeating its head (as ``DistributedSampler`` does, so all
+    ranks run the same number of steps) and keeps every ``world_size``-th index.
+
+    Args:
+        X: inputs ``(n, ...)``.
+        y: targets ``(n, D)``.
+        batch_size: rows per rank and step.
+        shuffle: draw a fresh permutation from ``generator`` at each :meth:`batches` call.
+        rank, world_size: this process's shard.
+    """
+
+    def __init__(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ) -> None:
+        self.X, self.y = X, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.rank, self.world_size = rank, world_size
+        self.pad = pad
+
+    def __len__(self) -> int:
+        return math.ceil(self._indices(None).numel() / self.batch_size)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    def _indices(self, generator: torch.Generator | None) -> torch.Tensor:
+        n = self.n_rows
+        if self.shuffle and generator is not None:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            if self.pad:
+                total = math.ceil(n / self.world_size) * self.world_size
+                if total > n:
+                    order = torch.cat([order, order[: total - n]])
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def batches(
+        self, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields ``(xb (B, ...), yb (B, D))``; consumes ``generator`` once when shuffling."""
+        order = self._indices(generator).to(self.X.device)
+        for start in range(0, order.numel(), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.X[idx], self.y[idx]
+
+
+# --------------------------------------------------------------------------- fit's sources
+
+
+@dataclass
+class Source:
+    """One side (train or validation) of fit's data: in-memory batches or a DataLoader."""
+
+    tensors: TensorBatches | None = None
+    loader: Iterable[Any] | None = None
+    n_rows: int | None = None
+    name: str = "train_data"
+    #: every rank gets the same number of batches (no DDP join needed)
+    even: bool = True
+
+    def batches(self, generator: torch.Generator, epoch: int) -> Iterator[Any]:
+        """Yields ``(x, y)`` pairs for one epoch; ``y`` is always ``(B, D)``."""
+        if self.tensors is not None:
+            return self.tensors.batches(generator)
+        if self.loader is None:
+            raise RuntimeError("Source has neither tensors nor a loader")
+        for obj in (getattr(self.loader, "sampler", None), getattr(self.loader, "dataset", None)):
+            set_epoch = getattr(obj, "set_epoch", None)
+            if callable(set_epoch):  # DistributedSampler / CSVChunkDataset reshuffle per epoch
+                set_epoch(epoch)
+        return (split_batch(b, self.name) for b in self.loader)
+
+
+def _tensor_source(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    ctx: DistContext,
+    device: torch.device,
+    *,
+    train: bool,
+    name: str,
+) -> Source:
+    if device.type == "cuda" and X.nbytes + y.nbytes < DEVICE_RESIDENT_BYTES:
+        X, y = X.to(device), y.to(device)
+    # Validation shards are disjoint and unpadded, so the summed NLL counts each row once.
+    tb = TensorBatches(
+        X, y, batch, shuffle=train, rank=ctx.rank, world_size=ctx.world_size, pad=train
+    )
+    return Source(tb, n_rows=int(X.shape[0]), name=name)
+
+
+def _dataset_loader(
+    ds: Dataset[Any], batch: int, ctx: DistContext, seed: int, gen: torch.Generator, train: bool
+) -> DataLoader[Any]:
+    if isinstance(ds, IterableDataset):
+        return DataLoader(ds, batch_size=batch)
+    if not train:
+        if ctx.enabled:  # disjoint shards without padding, so the summed NLL counts each row once
+            ds = Subset(ds, range(ctx.rank, len(ds), ctx.world_size))  # type: ignore[arg-type]
+        return DataLoader(ds, batch_size=batch, shuffle=False)
+    sampler: Sampler[int]
+    if ctx.enabled:
+        sampler = DistributedSampler(ds, shuffle=True, seed=seed)
+    else:
+        sampler = RandomSampler(ds, generator=gen)  # type: ignore[arg-type]
+    return DataLoader(ds, batch_size=batch, sampler=sampler)
+
+
+def _n_val(val_fraction: float, n: int) -> int:
+    n_val = max(1, round(val_fraction * n))
+    if n - n_val < 1:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training rows out of {n}")
+    return n_val
+
+
+def build_sources(
+    X: Any,
+    y: Any,
+    train_data: Any,
+    val_data: Any,
+    val_fraction: float,
+    batch: int,
+    ctx: DistContext,
+    seed: int,
+    gen: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Source, Source | None]:
+    """Turns fit's data arguments into training and validation sources.
+
+    ``val_fraction`` splits ``X, y`` or a map-style ``train_data`` with ``gen`` (identically
+    seeded on every rank); it is ignored for DataLoaders and IterableDatasets.
+    """
+    if train_data is not None and (X is not None or y is not None):
+        raise ValueError("pass either X and y or train_data, not both")
+    if train_data is None and X is None and y is None:
+        raise ValueError("no training data: pass X and y, or train_data")
+    val: Source | None = None
+    if isinstance(val_data, tuple):
+        if len(val_data) != 2:
+            raise ValueError(
+                f"val_data as a tuple must be (X_val, y_val), got {len(val_data)} items"
+            )
+        Xv, yv = prepare_xy(val_data[0], val_data[1], dtype, names=("val_data[0]", "val_data[1]"))
+        val = _tensor_source(Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val_data")
+    elif isinstance(val_data, DataLoader):
+        val = Source(loader=val_data, name="val_data")
+    elif isinstance(val_data, Dataset):
+        loader = _dataset_loader(val_data, EVAL_BATCH, ctx, seed, gen, False)
+        n_rows = len(val_data) if hasattr(val_data, "__len__") else None
+        val = Source(loader=loader, n_rows=n_rows, name="val_data")
+    elif val_data is not None:
+        raise TypeError(
+            "val_data must be an (X, y) tuple, a Dataset or a DataLoader, got "
+            f"{type(val_data).__name__}"
+        )
+
+    if train_data is None:
+        Xt, yt = prepare_xy(X, y, dtype)
+        if val is None and val_fraction > 0:
+            n_val = _n_val(val_fraction, Xt.shape[0])
+            perm = torch.randperm(Xt.shape[0], generator=gen)
+            Xv, yv = Xt[perm[:n_val]], yt[perm[:n_val]]
+            Xt, yt = Xt[perm[n_val:]], yt[perm[n_val:]]
+            val = _tensor_source(Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val split")
+        return _tensor_source(Xt, yt, batch, ctx, device, train=True, name="X, y"), val
+
+    if isinstance(train_data, DataLoader):
+        ds_len = getattr(train_data.dataset, "__len__", None)
+        n_rows = ds_len() if callable(ds_len) else None
+        return Source(loader=train_data, n_rows=n_rows, even=False), val
+    if not isinstance(train_data, Dataset):
+        raise TypeError(
+            "train_data must be a Dataset, IterableDataset or DataLoader, got "
+            f"{type(train_data).__name__}"
+        )
+    if isinstance(train_data, IterableDataset):
+        loader = _dataset_loader(train_data, batch, ctx, seed, gen, True)
+        return Source(loader=loader, even=False), val
+    ds: Dataset[Any] = train_data
+    n = len(ds)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("train_data is empty")
+    if val is None and val_fraction > 0:
+        n_val = _n_val(val_fraction, n)
+        ds, vds = random_split(ds, [n - n_val, n_val], generator=gen)
+        loader = _dataset_loader(vds, EVAL_BATCH, ctx, seed, gen, False)
+        val = Source(loader=loader, n_rows=n_val, name="val split")
+    loader = _dataset_loader(ds, batch, ctx, seed, gen, True)
+    return Source(loader=loader, n_rows=len(ds)), val  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- streaming CSV
+
+
+def _shard_info() -> tuple[int, int]:
+    """Returns ``(global worker id, number of workers)`` across DDP ranks and loader workers."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    info = get_worker_info()
+    wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * nworkers + wid, world * nworkers
+
+
+class CSVChunkDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Streams ``(x, y)`` rows from a CSV file that need not fit in memory.
+
+    The file is read sequentially with the standard-library :mod:`csv` module, ``chunksize``
+    rows at a time. Chunk ``i`` belongs to global worker ``i mod W``, where ``W`` counts the
+    DDP ranks times the DataLoader workers, so each row is seen by exactly one worker per epoch
+    (every worker still scans the whole file, but converts only its own chunks). With
+    ``shuffle=True`` rows are permuted within each chunk by a generator seeded from
+    ``(seed, epoch, chunk)``; call :meth:`set_epoch` (``fit`` does) for a new order each epoch.
+
+    Args:
+        path: CSV file.
+        feature_cols: column names (needs a header) or 0-based indices of the inputs ``x``.
+        target_cols: column names or indices of the targets ``y``.
+        chunksize: rows per chunk.
+        delimiter: field separator.
+        header: whether the first line holds column names.
+        shuffle: permute rows within each chunk.
+        seed: seed of the within-chunk shuffle.
+        dtype: dtype of the yielded tensors.
+
+    Yields:
+        ``(x (d,), y (D,))`` float tensors, one row at a time (wrap in a ``DataLoader`` with
+        ``batch_size`` to batch them).
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "d.csv")
+        >>> _ = open(path, "w").write("a,b,t\\n1,2,3\\n4,5,6\\n")
+        >>> ds = CSVChunkDataset(path, ["a", "b"], ["t"], chunksize=1)
+        >>> [tuple(x.tolist()) for x, _ in ds]
+        [(1.0, 2.0), (4.0, 5.0)]
+    """
+
+    def __init__(
+        self,
+        path: str,
+        feature_cols: Sequence[str | int],
+        target_cols: Sequence[str | int],
+        chunksize: int = 10_000,
+        *,
+        delimiter: str = ",",
+        header: bool = True,
+        shuffle: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be a positive integer, got {chunksize}")
+        if not feature_cols or not target_cols:
+            raise ValueError("feature_cols and target_cols must each name at least one column")
+        self.path = str(path)
+        self.feature_cols = list(feature_cols)
+        self.target_cols = list(target_cols)
+        self.chunksize = chunksize
+        self.delimiter = delimiter
+        self.header = header
+        self.shuffle = shuffle
+        self.seed = seed
+        self.dtype = dtype
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch that seeds the within-chunk shuffle."""
+        self.epoch = epoch
+
+    def _resolve(self, names: list[str] | None) -> tuple[list[int], list[int]]:
+        def index(col: str | int) -> int:
+            if isinstance(col, int):
+                return col
+            if names is None:
+                raise ValueError(f"column {col!r} given by name but header=False; use indices")
+            if col not in names:
+                raise ValueError(f"column {col!r} not in the header of {self.path}: {names}")
+            return names.index(col)
+
+        return [index(c) for c in self.feature_cols], [index(c) for c in self.target_cols]
+
+    def iter_chunks(
+        self, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yields ``(chunk index, x (m, d), y (m, D))`` as float64 numpy arrays.
+
+        Args:
+            shard: ``(worker, n_workers)``; the default reads every chunk.
+        """
+        worker, n_workers = shard
+        with open(self.path, newline="") as handle:
+            reader = csv.reader(handle, delimiter=self.delimiter)
+            names = next(reader, None) if self.header else None
+            fidx, tidx = self._resolve(names)
+            cols = fidx + tidx
+            rows: list[list[str]] = []
+            chunk = 0
+            line0 = 2 if self.header else 1
+            for row in reader:
+                if not row:
+                    continue
+                if chunk % n_workers == worker:
+                    rows.append([row[i] for i in cols])
+                else:
+                    rows.append([])  # a placeholder keeps the row count for line numbers
+                if len(rows) == self.chunksize:
+                    if chunk % n_workers == worker:
+                        yield chunk, *self._convert(rows, len(fidx), line0)
+                    line0 += len(rows)
+                    rows, chunk = [], chunk + 1
+            if rows and chunk % n_workers == worker:
+                yield chunk, *self._convert(rows, len(fidx), line0)
+
+    def _convert(self, rows: list[list[str]], d: int, line0: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            arr = np.array(rows, dtype=np.float64)
+        except ValueError as exc:
+            raise ValueError(
+                f"{self.path}: non-numeric value in lines {line0}-{line0 + len(rows) - 1}: {exc}"
+            ) from exc
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{self.path}: NaN or inf in line {line0 + int(np.argmax(bad))}; "
+                "clean the file before training"
+            )
+        return arr[:, :d], arr[:, d:]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for chunk, x, y in self.iter_chunks(_shard_info()):
+            xt = torch.as_tensor(x, dtype=self.dtype)
+            yt = torch.as_tensor(y, dtype=self.dtype)
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, self.epoch, chunk])
+                perm = torch.as_tensor(rng.permutation(xt.shape[0]))
+                xt, yt = xt[perm], yt[perm]
+            yield from zip(xt, yt)
+
+
+@dataclass
+class Moments:
+    """Column means and standard deviations (``ddof=0``, as numpy's default), float64."""
+
+    n: int
+    mean_x: np.ndarray
+    std_x: np.ndarray
+    mean_y: np.ndarray
+    std_y: np.ndarray
+
+
+def _merge(
+    n_a: int, mean_a: np.ndarray, m2_a: np.ndarray, block: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Chan et al.'s parallel update of (count, mean, sum of squared deviations) by a block."""
+    n_b = block.shape[0]
+    if n_b == 0:
+        return n_a, mean_a, m2_a
+    mean_b = block.mean(axis=0)
+    m2_b = ((block - mean_b) ** 2).sum(axis=0)
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + delta**2 * (n_a * n_b / n)
+    return n, mean, m2
+
+
+def streaming_moments(
+    data: CSVChunkDataset | Iterable[tuple[Any, Any]],
+) -> Moments:
+    """Means and standard deviations of features and targets in one streaming pass.
+
+    Blocks are combined with the pairwise update of Chan, Golub & LeVeque (1979) in float64,
+    which avoids the cancellation of the naive ``E[x^2] - E[x]^2``.
+
+    Args:
+        data: a :class:`CSVChunkDataset` (all chunks are read, ignoring sharding) or any
+            iterable of ``(x (m, d) | (d,), y (m, D) | (D,))`` pairs (chunks or single rows).
+
+    Returns:
+        :class:`Moments` with ``std = sqrt(M2 / n)``.
+
+    Example:
+        >>> m = streaming_moments([(np.ones((2, 1)), np.array([[0.0], [2.0]]))])
+        >>> m.n, m.mean_y.tolist(), m.std_y.tolist()
+        (2, [1.0], [1.0])
+    """
+    pairs: Iterable[tuple[Any, Any]]
+    if isinstance(data, CSVChunkDataset):
+        pairs = ((x, y) for _, x, y in data.iter_chunks())
+    else:
+        pairs = data
+    n = 0
+    stats_x: tuple[np.ndarray, np.ndarray] | None = None
+    stats_y: tuple[np.ndarray, np.ndarray] | None = None
+    for x, y in pairs:
+        xa = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+        ya = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y, dtype=np.float64)
+        xa = xa.reshape(1, -1) if xa.ndim <= 1 else xa.reshape(xa.shape[0], -1)
+        ya = ya.reshape(1, -1) if ya.ndim <= 1 else ya.reshape(ya.shape[0], -1)
+        if stats_x is None or stats_y is None:
+            stats_x = (np.zeros(xa.shape[1]), np.zeros(xa.shape[1]))
+            stats_y = (np.zeros(ya.shape[1]), np.zeros(ya.shape[1]))
+        _, mx, m2x = _merge(n, stats_x[0], stats_x[1], xa)
+        n_new, my, m2y = _merge(n, stats_y[0], stats_y[1], ya)
+        stats_x, stats_y, n = (mx, m2x), (my, m2y), n_new
+    if n == 0 or stats_x is None or stats_y is None:
+        raise ValueError("streaming_moments got no rows")
+    return Moments(n, stats_x[0], np.sqrt(stats_x[1] / n), stats_y[0], np.sqrt(stats_y[1] / n))
