@@ -356,7 +356,7 @@ QUICK_SETTINGS: dict[str, dict[str, Any]] = {
     "ngboost": {"n_estimators": 50, "early_stopping_rounds": 10},
     "mlp_ensemble": {"max_epochs": 10, "patience": 5},
 }
-QUICK_MDN_EPOCHS = 20
+QUICK_MDN_EPOCHS = 10
 # Names an estimator may use for its epoch budget; the first one it has is capped in --quick.
 _EPOCH_PARAM_NAMES = ("epochs", "max_epochs", "n_epochs")
 
@@ -483,6 +483,14 @@ def run_split(
         lib_mean = _to_numpy(estimator.predict(X_test)).reshape(-1) * y_scale + y_mean
         info["check_mean_gap"] = float(np.max(np.abs(lib_mean - pred.mean)) / y_scale)
         info["n_components"] = float(pred.weights.shape[1])
+        # Training facts for later tuning passes (attributes of MDNRegressor, when present).
+        results = getattr(estimator, "fit_results_", None) or []
+        if results:
+            info["epochs"] = float(np.mean([r.epochs_run for r in results]))
+            info["best_epoch"] = float(np.mean([r.best_epoch for r in results]))
+        val_nll = getattr(estimator, "val_nll_", None)
+        if val_nll is not None and math.isfinite(val_nll):
+            info["val_nll"] = float(val_nll) + math.log(y_scale)  # original units of y
     row["info"] = json.dumps(info, sort_keys=True)
     return row
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -161,6 +162,11 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     methods = {r["method"] for r in rows}
     assert {"ngboost", "mlp_ensemble"} <= methods
     assert all(r["split"] == "0" and math.isfinite(float(r["nll"])) for r in rows)
+    if uci.mdn_import_error() is None:
+        (mdn,) = [r for r in rows if r["method"] == "mdn"]
+        info = json.loads(mdn["info"])
+        # The estimator's own log_prob/predict agree with the mixture the harness scores.
+        assert abs(info["check_nll_gap"]) < 1e-4 and info["check_mean_gap"] < 1e-4
     # Printing from the CSV gives the same tables as the run itself.
     again = uci.format_report(rows, uci.DEFAULT_DATA_DIR if HAVE_SHARED_DATA else None)
     assert again.strip() in result.stdout
