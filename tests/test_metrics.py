@@ -249,7 +249,11 @@ def _gm(batch: tuple[int, ...], K: int, D: int, kind: str, seed: int) -> Gaussia
     if kind == "scale":
         return GaussianMixture(logits, loc, scale=diag)
     lower = 0.5 * torch.randn(*batch, K, D, D, generator=gen, dtype=F64).tril(-1)
-    return GaussianMixture(logits, loc, scale_tril=lower + torch.diag_embed(diag))
+    tril = lower + torch.diag_embed(diag)
+    if kind == "scale_tril":
+        return GaussianMixture(logits, loc, scale_tril=tril)
+    precision = torch.cholesky_inverse(tril)  # (L L^T)^-1
+    return GaussianMixture(logits, loc, precision_tril=torch.linalg.cholesky(precision))
 
 
 def test_nll_matches_torch_mixture() -> None:
@@ -263,7 +267,7 @@ def test_nll_matches_torch_mixture() -> None:
     assert nll(dist.to_torch(), y) == pytest.approx(ref.mean().item(), abs=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["scale", "scale_tril"])
+@pytest.mark.parametrize("kind", ["scale", "scale_tril", "precision_tril"])
 def test_crps_and_pit_use_exact_marginals(kind: str) -> None:
     dist = _gm((2, 5), 3, 3, kind, seed=21)
     y = 2 * torch.randn(2, 5, 3, dtype=F64)
@@ -400,6 +404,19 @@ def test_energy_score_prefers_the_true_distribution() -> None:
     shifted_es = energy_score(shifted, y, n_samples=200, generator=gen, reduction="none")
     gap = shifted_es - true_es
     assert gap.mean() > 4 * gap.std() / math.sqrt(400)
+
+
+def test_energy_score_same_for_equivalent_parameterizations() -> None:
+    """Same covariances through scale_tril and precision_tril: same draws, same score."""
+    a, b = _gm((3,), 2, 2, "scale_tril", seed=35), _gm((3,), 2, 2, "precision_tril", seed=35)
+    y = torch.randn(3, 2, dtype=F64)
+    es_a = energy_score(a, y, n_samples=300, generator=torch.Generator().manual_seed(0))
+    es_b = energy_score(b, y, n_samples=300, generator=torch.Generator().manual_seed(0))
+    assert es_a == pytest.approx(es_b, abs=1e-10)
+    # An unbatched mixture scored on a single observation.
+    single = _gm((), 3, 2, "scale", seed=36)
+    gen = torch.Generator().manual_seed(0)
+    assert energy_score(single, torch.zeros(2), generator=gen, reduction="none").shape == ()
 
 
 def test_energy_score_is_reproducible_with_a_generator() -> None:
