@@ -177,9 +177,10 @@ def test_gradcheck(noise: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["diag", "precision"])
-def test_fused_kernels_match_composite(kind: str) -> None:
+@pytest.mark.parametrize("D", [1, 3])
+def test_fused_kernels_match_composite(kind: str, D: int) -> None:
     """The fused autograd.Functions equal the composite expressions, values and gradients."""
-    batch, K, D = (3,), 4, 3
+    batch, K = (3,), 4
     y = torch.randn(2, 5, *batch, D, dtype=torch.float64, requires_grad=True)
     lg = torch.randn(*batch, K, dtype=torch.float64, requires_grad=True)
     mu = torch.randn(*batch, K, D, dtype=torch.float64, requires_grad=True)

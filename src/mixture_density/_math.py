@@ -105,6 +105,16 @@ def tril_component_log_prob(y: Tensor, loc: Tensor, scale_tril: Tensor) -> Tenso
     return _k_last(lp, sample_shape)
 
 
+def _row_times(d: Tensor, M: Tensor) -> Tensor:
+    """Row vectors times matrices, ``d @ M``: (*B, K, N, D) x (*B, K, D, D) -> (*B, K, N, D).
+
+    For ``D == 1`` a product is cheaper than a batch of 1 x 1 matrix multiplications.
+    """
+    if M.shape[-1] == 1:
+        return d * M.squeeze(-1).unsqueeze(-2)
+    return torch.matmul(d, M)
+
+
 def _k_last(lp: Tensor, sample_shape: torch.Size) -> Tensor:
     """(*B, K, N) -> (*S, *B, K)."""
     lp = lp.movedim(-1, 0)  # (N, *B, K)
@@ -128,7 +138,7 @@ def precision_component_log_prob(y: Tensor, loc: Tensor, precision_tril: Tensor)
     n_batch = loc.dim() - 2
     d = y.unsqueeze(-2) - loc  # (*S, *B, K, D)
     d, sample_shape = _flatten_sample(d, n_batch)  # (*B, K, N, D)
-    u = torch.matmul(d, precision_tril)  # rows of d P = (P^T d)^T: (*B, K, N, D)
+    u = _row_times(d, precision_tril)  # rows of d P = (P^T d)^T: (*B, K, N, D)
     half_log_det = precision_tril.diagonal(dim1=-2, dim2=-1).contiguous().log().sum(-1)  # (*B, K)
     lp = -0.5 * u.square().sum(-1) + half_log_det.unsqueeze(-1) - 0.5 * D * LOG_2PI
     return _k_last(lp, sample_shape)
@@ -214,7 +224,7 @@ class _PrecisionMixtureLogProb(torch.autograd.Function):
         n_batch = loc.dim() - 2
         log_w = torch.log_softmax(logits, -1)  # (*B, K)
         d, sample_shape = _flatten_sample(y.unsqueeze(-2) - loc, n_batch)  # (*B, K, N, D)
-        u = torch.matmul(d, P)  # (P^T d)^T, (*B, K, N, D)
+        u = _row_times(d, P)  # (P^T d)^T, (*B, K, N, D)
         half_log_det = P.diagonal(dim1=-2, dim2=-1).contiguous().log().sum(-1)  # (*B, K)
         lp = u.square().sum(-1)  # (*B, K, N)
         lp.mul_(-0.5).add_((log_w + half_log_det - 0.5 * D * LOG_2PI).unsqueeze(-1))
@@ -251,7 +261,7 @@ class _PrecisionMixtureLogProb(torch.autograd.Function):
             grads[1] = _reduce_to(g_resp.sum(-1) - g.sum(-1) * log_w.exp(), logits)
         if need_y or need_loc:
             # d lp / d loc = P P^T (y - mu) = P u
-            w = torch.matmul(u, P.transpose(-1, -2)).mul_(g_resp.unsqueeze(-1))  # (*B,K,N,D)
+            w = _row_times(u, P.transpose(-1, -2)).mul_(g_resp.unsqueeze(-1))  # (*B,K,N,D)
             if need_loc:
                 grads[2] = _reduce_to(w.sum(-2), loc)
             if need_y:
