@@ -13,14 +13,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixture_density.distribution import GaussianMixture
 from mixture_density.noise import (
     NoiseType,
+    ScaleParameters,
     inverse_bounded_scale,
     n_scale_outputs,
+    precision_tril_from_parts,
     scale_parameters,
+    strict_tril_embedding,
 )
 
 __all__ = ["MixtureDensityHead", "MixtureDensityNetwork"]
@@ -83,6 +87,7 @@ class MixtureDensityHead(nn.Module):
     """
 
     fixed_scale: Tensor | None
+    _strict_tril_embedding: Tensor
 
     def __init__(
         self,
@@ -112,6 +117,12 @@ class MixtureDensityHead(nn.Module):
             self.register_buffer(
                 "fixed_scale", torch.tensor(self.fixed_noise_level, dtype=torch.float64)
             )
+        # Non-persistent: follows .to(device) but stays out of state_dict (derived from K, D).
+        self.register_buffer(
+            "_strict_tril_embedding",
+            strict_tril_embedding(D) if self.noise_type is NoiseType.FULL else None,
+            persistent=False,
+        )
         self.reset_parameters()
 
     def _split(self, raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,16 +169,43 @@ class MixtureDensityHead(nn.Module):
             raise ValueError(
                 f"h must have shape (*batch, in_features={self.in_features}), got {tuple(h.shape)}."
             )
-        raw = self.linear(h)  # (*batch, K + K * D + S)
-        logits, loc, scale_raw = self._split(raw)  # (*batch, K), (*batch, K, D), (*batch, S)
-        params = scale_parameters(
-            self.noise_type,
-            scale_raw,
-            self.n_components,
-            self.dim_out,
-            self.min_scale,
-            fixed_scale=self.fixed_scale,
-        )
+        K, D, H = self.n_components, self.dim_out, self.in_features
+        # One GEMM per block of rows of the single weight matrix, rather than one GEMM and
+        # slices of its output: every block comes out contiguous, which the elementwise
+        # kernels downstream need (softplus on a strided slice is ~8x slower on CPU), and the
+        # backward does not zero-fill the whole output once per slice.
+        weight, bias = self.linear.weight, self.linear.bias  # (K + K D + S, H), (K + K D + S,)
+        logits = F.linear(h, weight[:K], bias[:K])  # (*batch, K)
+        rows = slice(K, K + K * D)
+        loc = F.linear(h, weight[rows], bias[rows]).unflatten(-1, (K, D))  # (*batch, K, D)
+        w_scale, b_scale = weight[K + K * D :], bias[K + K * D :]  # (S, H), (S,)
+        params: ScaleParameters
+        if self.noise_type is NoiseType.FULL:
+            # Per component: D diagonal rows, then D (D - 1) / 2 strictly-lower rows. The
+            # diagonal gets its own GEMM (contiguous output for the softplus); the
+            # off-diagonal rows are scattered (a small copy) into D x D blocks of weight rows
+            # so that the GEMM writes lower triangles directly: scattering its (*batch, ...)
+            # output instead is slow on CPU.
+            w_scale = w_scale.view(K, -1, H)  # (K, D (D + 1) / 2, H)
+            b_scale = b_scale.view(K, -1)  # (K, D (D + 1) / 2)
+            diagonal_raw = F.linear(
+                h, w_scale[:, :D].reshape(K * D, H), b_scale[:, :D].reshape(K * D)
+            ).unflatten(-1, (K, D))  # (*batch, K, D)
+            index = self._strict_tril_embedding  # (D (D - 1) / 2,) positions in D * D
+            w_lower = w_scale.new_zeros(K, D * D, H).index_copy(1, index, w_scale[:, D:])
+            b_lower = b_scale.new_zeros(K, D * D).index_copy(1, index, b_scale[:, D:])
+            lower = F.linear(h, w_lower.view(K * D * D, H), b_lower.view(K * D * D))
+            P = precision_tril_from_parts(
+                diagonal_raw, lower.unflatten(-1, (K, D, D)), self.min_scale
+            )  # (*batch, K, D, D)
+            params = {"precision_tril": P}
+        else:
+            # FIXED has no scale rows: the empty (*batch, 0) output only carries the batch
+            # shape, dtype and device.
+            scale_raw = F.linear(h, w_scale, b_scale)  # (*batch, S)
+            params = scale_parameters(
+                self.noise_type, scale_raw, K, D, self.min_scale, fixed_scale=self.fixed_scale
+            )
         return GaussianMixture(logits, loc, **params)
 
     @torch.no_grad()

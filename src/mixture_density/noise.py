@@ -60,9 +60,11 @@ __all__ = [
     "bounded_scale",
     "inverse_bounded_scale",
     "n_scale_outputs",
+    "precision_tril_from_parts",
     "precision_tril_from_raw",
     "scale_from_raw",
     "scale_parameters",
+    "strict_tril_embedding",
 ]
 
 
@@ -260,16 +262,64 @@ def scale_from_raw(
     return bounded_scale(raw.unflatten(-1, shape), min_scale)
 
 
+def strict_tril_embedding(dim_out: int, device: torch.device | None = None) -> Tensor:
+    """Flat positions, in a ``D x D`` matrix, of the strictly lower triangle, row by row.
+
+    This is the order of the off-diagonal raw numbers of the full noise model.
+
+    Args:
+        dim_out: ``D``.
+        device: where to put the index.
+
+    Returns:
+        ``(D * (D - 1) / 2,)`` int64 positions into ``D * D``.
+
+    Example:
+        >>> strict_tril_embedding(3).tolist()  # P_10, P_20, P_21
+        [3, 6, 7]
+    """
+    rows, cols = torch.tril_indices(dim_out, dim_out, offset=-1, device=device)
+    return rows * dim_out + cols
+
+
+def precision_tril_from_parts(diagonal_raw: Tensor, lower: Tensor, min_scale: float) -> Tensor:
+    """Precision Cholesky factors from raw diagonal numbers and a strictly lower triangle.
+
+    Args:
+        diagonal_raw: ``(*batch, K, D)`` raw diagonal numbers.
+        lower: ``(*batch, K, D, D)``, zero on and above the diagonal.
+        min_scale: the floor on ``1 / P_ii``.
+
+    Returns:
+        ``(*batch, K, D, D)``: ``lower`` with the diagonal
+        ``P_ii = 1 / (softplus(raw_ii) + min_scale)``.
+
+    Example:
+        >>> P = precision_tril_from_parts(torch.zeros(1, 2), torch.zeros(1, 2, 2), 1e-3)
+        >>> bool((P.diagonal(dim1=-2, dim2=-1) > 0).all())
+        True
+    """
+    # Elementwise work on the contiguous (*batch, K, D) numbers: on a strided diagonal view
+    # softplus is an order of magnitude slower on CPU.
+    diagonal = 1.0 / bounded_scale(diagonal_raw, min_scale)  # (*batch, K, D)
+    return lower.diagonal_scatter(diagonal, dim1=-2, dim2=-1)
+
+
 def precision_tril_from_raw(
     raw: Tensor, n_components: int, dim_out: int, min_scale: float
 ) -> Tensor:
     """Lower Cholesky factor ``P`` of each component's precision, ``Sigma^-1 = P P^T``.
 
-    Layout of the ``D * (D + 1) / 2`` raw numbers of one component: the first ``D`` give the
-    diagonal, ``P_ii = 1 / (softplus(raw_i) + min_scale)``, so that ``1 / P_ii``, the standard
-    deviation of ``y_i`` given ``y_{i+1:}``, is at least ``min_scale`` (see the module
-    docstring for what this bounds); the remaining ``D * (D - 1) / 2`` fill the strictly lower
-    triangle, row by row (``torch.tril_indices(D, D, -1)`` order), unconstrained.
+    Layout of the ``D * (D + 1) / 2`` raw numbers of one component (see
+    :func:`tril_embedding`): the first ``D`` give the diagonal,
+    ``P_ii = 1 / (softplus(raw_i) + min_scale)``, so that ``1 / P_ii``, the standard deviation
+    of ``y_i`` given ``y_{i+1:}``, is at least ``min_scale`` (see the module docstring for what
+    this bounds); the remaining ``D * (D - 1) / 2`` fill the strictly lower triangle, row by
+    row, unconstrained.
+
+    ``MixtureDensityHead`` does not call this on its outputs: it scatters the rows of its
+    weight matrix with :func:`strict_tril_embedding` instead, so that its linear layer writes
+    the dense lower triangles directly (scattering a large batch of outputs is slow on CPU).
 
     Args:
         raw: ``(*batch, K * D * (D + 1) / 2)`` head outputs.
@@ -287,15 +337,10 @@ def precision_tril_from_raw(
     """
     K, D = n_components, dim_out
     _check_last_dim(raw, K * D * (D + 1) // 2)
-    raw = raw.unflatten(-1, (K, D * (D + 1) // 2))  # (*batch, K, D(D+1)/2)
-    diagonal = 1.0 / bounded_scale(raw[..., :D], min_scale)  # (*batch, K, D)
-    values = torch.cat([diagonal, raw[..., D:]], dim=-1)  # (*batch, K, D(D+1)/2)
-    # One scatter into the flattened D x D matrix; positions of the diagonal, then the
-    # strictly lower triangle, as row-major flat indices.
-    flat_index = _tril_flat_index(D, raw.device)
-    out = values.new_zeros((*values.shape[:-1], D * D))
-    out = out.index_copy(-1, flat_index, values)  # (*batch, K, D * D)
-    return out.unflatten(-1, (D, D))
+    raw = raw.unflatten(-1, (K, D * (D + 1) // 2))  # (*batch, K, D (D + 1) / 2)
+    lower = raw.new_zeros((*raw.shape[:-1], D * D))
+    lower = lower.index_copy(-1, strict_tril_embedding(D, raw.device), raw[..., D:])
+    return precision_tril_from_parts(raw[..., :D], lower.unflatten(-1, (D, D)), min_scale)
 
 
 def scale_parameters(
@@ -341,10 +386,3 @@ def scale_parameters(
 def _check_last_dim(raw: Tensor, expected: int) -> None:
     if raw.dim() == 0 or raw.shape[-1] != expected:
         raise ValueError(f"raw must have shape (*batch, {expected}), got {tuple(raw.shape)}.")
-
-
-def _tril_flat_index(D: int, device: torch.device) -> Tensor:
-    """Row-major flat indices of the diagonal, then the strictly lower triangle, of a D x D."""
-    diagonal = torch.arange(D, device=device) * (D + 1)
-    rows, cols = torch.tril_indices(D, D, offset=-1, device=device)
-    return torch.cat([diagonal, rows * D + cols])
