@@ -400,6 +400,17 @@ def fit(
         fork_devices = [dev.index or 0] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             return _Run(model, dev, ctx, locals()).run(X, y, train_data, val_data)
+    except RuntimeError as exc:
+        if not ctx.enabled:
+            raise
+        # Collective failures (gloo's "Connection reset by peer", timeouts) are RuntimeErrors
+        # whose text does not say where to look; name this rank and the likely cause.
+        raise RuntimeError(
+            f"fit failed on rank {ctx.rank} of {ctx.world_size} during distributed training: "
+            f"{type(exc).__name__}: {exc}\nIf another rank died or stalled, this error is the "
+            f"consequence: check that rank's log. Collectives time out after {ctx.timeout_s:g} s "
+            f"(set {_dist.TIMEOUT_ENV} to change it)."
+        ) from exc
     finally:
         _dist.teardown(ctx)
 
