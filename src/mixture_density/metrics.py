@@ -353,6 +353,11 @@ def energy_score(
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
     y, _ = _check_y(dist, y)
+    if generator is not None and generator.device.type != dist.loc.device.type:
+        raise ValueError(
+            f"generator must be on the distribution's device ({dist.loc.device.type}), got one "
+            f"on {generator.device.type}; create it with torch.Generator(device=...)"
+        )
     samples = _sample_mixture(dist.logits, dist.loc, dist.scale_tril, n_samples, generator)
     return _reduce(energy_score_from_samples(samples, y), reduction)
 
