@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         'done'
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=path.suffix
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Not tempfile.mkstemp: it creates mode 0600 files, and the result should get the usual
+    # permissions (0666 minus the umask), as if written in place. "x" refuses to clobber.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+    open(tmp, "xb").close()
     try:
         yield tmp
         os.replace(tmp, path)

@@ -44,6 +44,10 @@ _DEMO_LEVELS = (0.5, 0.9)
 _BRANCH_MIN_WEIGHT = 0.05
 
 
+# Optional dependencies (extras) the commands may need; a missing one is a user error.
+_OPTIONAL_MODULES = frozenset({"matplotlib", "sklearn", "tqdm", "safetensors", "pandas"})
+
+
 class _UsageError(Exception):
     """Raised by the argument parser instead of printing usage and exiting."""
 
@@ -82,15 +86,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    import torch
+
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(args.threads)
         return int(args.handler(args))
-    except ImportError as err:  # an optional dependency (matplotlib, scikit-learn) is missing
-        return _fail(f"{err} (install the extras: pip install 'mixture-density[all]')")
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in _OPTIONAL_MODULES:
+            raise  # a broken installation, not a missing extra: keep the traceback
+        return _fail(f"{err}: install the extras with pip install 'mixture-density[all]'")
     except (MixtureDensityError, OSError, ValueError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
         print("mdn: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)  # main() may be called in-process: restore
 
 
 def _fail(message: str) -> int:
@@ -106,6 +118,13 @@ def _build_parser() -> _Parser:
         description="Mixture density networks: p(y | x) as a Gaussian mixture.",
     )
     parser.add_argument("--version", action="version", version=f"mdn {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="CPU threads for torch (default: %(default)s; small networks run fastest on one)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -578,17 +597,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _demo_figure(model: MDNRegressor, X: np.ndarray, y: np.ndarray, path: str, seed: int) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.5))
-    axes = fig.subplots(1, 2)
-    # TODO(plotting.py): replace with plot_conditional_density / plot_samples_vs_data.
-    samples = model.sample(X, random_state=seed)[0]
-    axes[0].scatter(X[:, 0], y, s=2, alpha=0.3, label="data")
-    axes[0].scatter(X[:, 0], samples, s=2, alpha=0.3, label="samples")
-    axes[0].legend()
-    axes[1].hist(y, bins=50, alpha=0.5, density=True, label="observed y")
-    axes[1].hist(samples, bins=50, alpha=0.5, density=True, label="sampled y")
-    axes[1].legend()
-    fig.tight_layout()
+    from .plotting import plot_conditional_density, plot_samples_vs_data
+
+    # A bare Figure (no pyplot): no GUI backend, no global figure registry to clean up.
+    fig = Figure(figsize=(16, 4.8), layout="constrained")
+    ax_density, ax_data, ax_samples = fig.subplots(1, 3)
+    x_lo, x_hi = float(X.min()), float(X.max())
+    plot_conditional_density(
+        model, (x_lo, x_hi), (-1.3, 1.3), data=(X[:1000, 0], y[:1000]), ax=ax_density
+    )
+    ax_density.set_title("model p(y | x), data, mean and mode")
+    samples = model.sample(X, n_samples=1, random_state=seed)  # (1, n)
+    plot_samples_vs_data(X[:, 0], y, X[:, 0], samples, bins=60, axes=(ax_data, ax_samples))
+    ax_samples.sharey(ax_data)
+    fig.suptitle("Inverse problem x = 7 sin(5y) + 0.5y + noise: one x, several y")
     _save_figure(fig, path)
 
 
