@@ -24,6 +24,7 @@ __all__ = [
     "LOG_2PI",
     "diag_component_log_prob",
     "diag_mixture_log_prob",
+    "log_softmax",
     "mixture_log_prob",
     "newton_bisect",
     "precision_component_log_prob",
@@ -144,6 +145,19 @@ def precision_component_log_prob(y: Tensor, loc: Tensor, precision_tril: Tensor)
     return _k_last(lp, sample_shape)
 
 
+def log_softmax(logits: Tensor) -> Tensor:
+    """``log_softmax`` over the last dim as ``x - logsumexp(x)``.
+
+    Same values; several times faster than :func:`torch.log_softmax` on CPU for the short
+    rows (``K`` of about 10) of a mixture.
+
+    Example:
+        >>> log_softmax(torch.zeros(4)).exp()
+        tensor([0.2500, 0.2500, 0.2500, 0.2500])
+    """
+    return logits - torch.logsumexp(logits, -1, keepdim=True)
+
+
 def mixture_log_prob(logits: Tensor, component_log_prob: Tensor) -> Tensor:
     """``log sum_k softmax(logits)_k exp(component_log_prob_k)`` over the last dim.
 
@@ -154,7 +168,7 @@ def mixture_log_prob(logits: Tensor, component_log_prob: Tensor) -> Tensor:
     Returns:
         (*S, *B).
     """
-    return torch.logsumexp(torch.log_softmax(logits, -1) + component_log_prob, dim=-1)
+    return torch.logsumexp(log_softmax(logits) + component_log_prob, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,7 +185,7 @@ class _DiagMixtureLogProb(torch.autograd.Function):
     @staticmethod
     def forward(y: Tensor, logits: Tensor, loc: Tensor, scale: Tensor) -> Any:
         D = y.shape[-1]
-        log_w = torch.log_softmax(logits, -1)  # (*B, K)
+        log_w = log_softmax(logits)  # (*B, K)
         z = y.unsqueeze(-2) - loc  # (*S, *B, K, D)
         z.div_(scale)  # in place: the residual itself is never needed again
         lp = z.square().sum(-1)  # (*S, *B, K)
@@ -222,27 +236,29 @@ class _PrecisionMixtureLogProb(torch.autograd.Function):
     def forward(y: Tensor, logits: Tensor, loc: Tensor, P: Tensor) -> Any:
         D = y.shape[-1]
         n_batch = loc.dim() - 2
-        log_w = torch.log_softmax(logits, -1)  # (*B, K)
+        log_w = log_softmax(logits)  # (*B, K)
         d, sample_shape = _flatten_sample(y.unsqueeze(-2) - loc, n_batch)  # (*B, K, N, D)
         u = _row_times(d, P)  # (P^T d)^T, (*B, K, N, D)
-        half_log_det = P.diagonal(dim1=-2, dim2=-1).contiguous().log().sum(-1)  # (*B, K)
+        # The strided diagonal is gathered once (contiguous) and reused by the backward.
+        diag_p = P.diagonal(dim1=-2, dim2=-1).contiguous()  # (*B, K, D)
+        half_log_det = diag_p.log().sum(-1)  # (*B, K)
         lp = u.square().sum(-1)  # (*B, K, N)
         lp.mul_(-0.5).add_((log_w + half_log_det - 0.5 * D * LOG_2PI).unsqueeze(-1))
         out = torch.logsumexp(lp, -2)  # (*B, N)
         resp = lp.sub_(out.unsqueeze(-2)).exp_()  # (*B, K, N)
         out = out.movedim(-1, 0).reshape(sample_shape + out.shape[:-1])  # (*S, *B)
-        return out, d, u, resp, log_w
+        return out, d, u, resp, log_w, diag_p
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Any) -> None:
         y, logits, loc, P = inputs
-        _, d, u, resp, log_w = output
-        ctx.save_for_backward(y, logits, loc, P, d, u, resp, log_w)
-        ctx.mark_non_differentiable(d, u, resp, log_w)
+        _, d, u, resp, log_w, diag_p = output
+        ctx.save_for_backward(y, logits, loc, P, d, u, resp, log_w, diag_p)
+        ctx.mark_non_differentiable(d, u, resp, log_w, diag_p)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_: Any) -> Any:
-        y, logits, loc, P, d, u, resp, log_w = ctx.saved_tensors
+        y, logits, loc, P, d, u, resp, log_w, diag_p = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _composite_backward(
                 lambda *a: mixture_log_prob(a[1], precision_component_log_prob(a[0], a[2], a[3])),
@@ -263,7 +279,9 @@ class _PrecisionMixtureLogProb(torch.autograd.Function):
             # d lp / d loc = P P^T (y - mu) = P u
             w = _row_times(u, P.transpose(-1, -2)).mul_(g_resp.unsqueeze(-1))  # (*B,K,N,D)
             if need_loc:
-                grads[2] = _reduce_to(w.sum(-2), loc)
+                # Summing over a length-1 axis is a full reduction kernel; a view is free.
+                w_loc = w.squeeze(-2) if w.shape[-2] == 1 else w.sum(-2)
+                grads[2] = _reduce_to(w_loc, loc)
             if need_y:
                 gy = w.sum(-3).neg_().movedim(-2, 0)  # (N, *B, D)
                 gy = gy.reshape(sample_shape + gy.shape[1:])
@@ -277,7 +295,8 @@ class _PrecisionMixtureLogProb(torch.autograd.Function):
             else:
                 gP = torch.matmul(dg.transpose(-1, -2), u)  # sums over the N samples
             diag = gP.diagonal(dim1=-2, dim2=-1)
-            diag.add_(g_resp.sum(-1).unsqueeze(-1) / P.diagonal(dim1=-2, dim2=-1))
+            g_tot = g_resp.squeeze(-1) if g_resp.shape[-1] == 1 else g_resp.sum(-1)
+            diag.add_(g_tot.unsqueeze(-1) / diag_p)
             grads[3] = _reduce_to(gP, P)
         return tuple(grads)
 
