@@ -24,7 +24,6 @@ from mixture_density.noise import (
     n_scale_outputs,
     precision_tril_from_parts,
     scale_parameters,
-    strict_tril_embedding,
 )
 
 __all__ = ["MixtureDensityHead", "MixtureDensityNetwork"]
@@ -87,7 +86,6 @@ class MixtureDensityHead(nn.Module):
     """
 
     fixed_scale: Tensor | None
-    _strict_tril_embedding: Tensor
 
     def __init__(
         self,
@@ -117,12 +115,6 @@ class MixtureDensityHead(nn.Module):
             self.register_buffer(
                 "fixed_scale", torch.tensor(self.fixed_noise_level, dtype=torch.float64)
             )
-        # Non-persistent: follows .to(device) but stays out of state_dict (derived from K, D).
-        self.register_buffer(
-            "_strict_tril_embedding",
-            strict_tril_embedding(D) if self.noise_type is NoiseType.FULL else None,
-            persistent=False,
-        )
         self.reset_parameters()
 
     def _split(self, raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -181,22 +173,18 @@ class MixtureDensityHead(nn.Module):
         w_scale, b_scale = weight[K + K * D :], bias[K + K * D :]  # (S, H), (S,)
         params: ScaleParameters
         if self.noise_type is NoiseType.FULL:
-            # Per component: D diagonal rows, then D (D - 1) / 2 strictly-lower rows. The
-            # diagonal gets its own GEMM (contiguous output for the softplus); the
-            # off-diagonal rows are scattered (a small copy) into D x D blocks of weight rows
-            # so that the GEMM writes lower triangles directly: scattering its (*batch, ...)
-            # output instead is slow on CPU.
+            # Per component: D diagonal rows, then D (D - 1) / 2 strictly-lower rows. One GEMM
+            # per kind, so that the softplus of the diagonal runs on contiguous numbers.
             w_scale = w_scale.view(K, -1, H)  # (K, D (D + 1) / 2, H)
             b_scale = b_scale.view(K, -1)  # (K, D (D + 1) / 2)
             diagonal_raw = F.linear(
                 h, w_scale[:, :D].reshape(K * D, H), b_scale[:, :D].reshape(K * D)
             ).unflatten(-1, (K, D))  # (*batch, K, D)
-            index = self._strict_tril_embedding  # (D (D - 1) / 2,) positions in D * D
-            w_lower = w_scale.new_zeros(K, D * D, H).index_copy(1, index, w_scale[:, D:])
-            b_lower = b_scale.new_zeros(K, D * D).index_copy(1, index, b_scale[:, D:])
-            lower = F.linear(h, w_lower.view(K * D * D, H), b_lower.view(K * D * D))
+            off_diagonal = F.linear(
+                h, w_scale[:, D:].reshape(-1, H), b_scale[:, D:].reshape(-1)
+            ).unflatten(-1, (K, -1))  # (*batch, K, D (D - 1) / 2)
             P = precision_tril_from_parts(
-                diagonal_raw, lower.unflatten(-1, (K, D, D)), self.min_scale
+                diagonal_raw, off_diagonal, self.min_scale
             )  # (*batch, K, D, D)
             params = {"precision_tril": P}
         else:

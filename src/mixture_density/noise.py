@@ -64,7 +64,7 @@ __all__ = [
     "precision_tril_from_raw",
     "scale_from_raw",
     "scale_parameters",
-    "strict_tril_embedding",
+    "tril_embedding",
 ]
 
 
@@ -262,47 +262,61 @@ def scale_from_raw(
     return bounded_scale(raw.unflatten(-1, shape), min_scale)
 
 
-def strict_tril_embedding(dim_out: int, device: torch.device | None = None) -> Tensor:
-    """Flat positions, in a ``D x D`` matrix, of the strictly lower triangle, row by row.
+def tril_embedding(dim_out: int, like: Tensor) -> Tensor:
+    """0/1 matrix that places the packed raw numbers of one component in a ``D x D`` matrix.
 
-    This is the order of the off-diagonal raw numbers of the full noise model.
+    Row ``j`` has a single 1, at the flat position of the ``j``-th packed number: the ``D``
+    diagonal entries first, then the strictly lower triangle row by row
+    (``torch.tril_indices(D, D, -1)`` order). ``packed @ E`` is the lower-triangular matrix,
+    flattened; its upper triangle is exactly zero, and as a matrix product it runs as one
+    GEMM forward and one backward, far faster on CPU than index scatter/gather kernels.
 
     Args:
         dim_out: ``D``.
-        device: where to put the index.
+        like: the matrix takes this tensor's dtype and device.
 
     Returns:
-        ``(D * (D - 1) / 2,)`` int64 positions into ``D * D``.
+        ``(D * (D + 1) / 2, D * D)``.
 
     Example:
-        >>> strict_tril_embedding(3).tolist()  # P_10, P_20, P_21
-        [3, 6, 7]
+        >>> tril_embedding(2, torch.zeros(())).tolist()  # P_00, P_11, P_10 of a 2 x 2
+        [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]]
     """
-    rows, cols = torch.tril_indices(dim_out, dim_out, offset=-1, device=device)
-    return rows * dim_out + cols
+    D = dim_out
+    rows, cols = torch.tril_indices(D, D, offset=-1, device=like.device)
+    diagonal = torch.arange(D, device=like.device) * (D + 1)
+    position = torch.cat([diagonal, rows * D + cols])  # (D (D + 1) / 2,)
+    embedding = like.new_zeros(D * (D + 1) // 2, D * D)
+    return embedding.scatter_(1, position.unsqueeze(-1), 1.0)
 
 
-def precision_tril_from_parts(diagonal_raw: Tensor, lower: Tensor, min_scale: float) -> Tensor:
-    """Precision Cholesky factors from raw diagonal numbers and a strictly lower triangle.
+def precision_tril_from_parts(
+    diagonal_raw: Tensor, off_diagonal: Tensor, min_scale: float
+) -> Tensor:
+    """Precision Cholesky factors from raw diagonal and strictly-lower numbers.
 
     Args:
         diagonal_raw: ``(*batch, K, D)`` raw diagonal numbers.
-        lower: ``(*batch, K, D, D)``, zero on and above the diagonal.
+        off_diagonal: ``(*batch, K, D * (D - 1) / 2)`` strictly lower triangle, row by row.
         min_scale: the floor on ``1 / P_ii``.
 
     Returns:
-        ``(*batch, K, D, D)``: ``lower`` with the diagonal
-        ``P_ii = 1 / (softplus(raw_ii) + min_scale)``.
+        ``(*batch, K, D, D)``: ``P_ii = 1 / (softplus(raw_ii) + min_scale)``, the strictly
+        lower triangle from ``off_diagonal``, zeros above. A non-finite number spreads to its
+        whole matrix (``0 * inf`` in the embedding product).
 
     Example:
-        >>> P = precision_tril_from_parts(torch.zeros(1, 2), torch.zeros(1, 2, 2), 1e-3)
-        >>> bool((P.diagonal(dim1=-2, dim2=-1) > 0).all())
-        True
+        >>> P = precision_tril_from_parts(torch.zeros(1, 2), torch.ones(1, 1), 1e-3)
+        >>> [[round(v, 3) for v in row] for row in P[0].tolist()]
+        [[1.441, 0.0], [1.0, 1.441]]
     """
-    # Elementwise work on the contiguous (*batch, K, D) numbers: on a strided diagonal view
-    # softplus is an order of magnitude slower on CPU.
+    D = diagonal_raw.shape[-1]
+    # Elementwise work on contiguous numbers: softplus on a strided view (e.g. the diagonal
+    # of a matrix) is an order of magnitude slower on CPU.
     diagonal = 1.0 / bounded_scale(diagonal_raw, min_scale)  # (*batch, K, D)
-    return lower.diagonal_scatter(diagonal, dim1=-2, dim2=-1)
+    packed = torch.cat([diagonal, off_diagonal], dim=-1)  # (*batch, K, D (D + 1) / 2)
+    flat = packed @ tril_embedding(D, packed)  # (*batch, K, D * D)
+    return flat.unflatten(-1, (D, D))
 
 
 def precision_tril_from_raw(
@@ -316,10 +330,6 @@ def precision_tril_from_raw(
     of ``y_i`` given ``y_{i+1:}``, is at least ``min_scale`` (see the module docstring for what
     this bounds); the remaining ``D * (D - 1) / 2`` fill the strictly lower triangle, row by
     row, unconstrained.
-
-    ``MixtureDensityHead`` does not call this on its outputs: it scatters the rows of its
-    weight matrix with :func:`strict_tril_embedding` instead, so that its linear layer writes
-    the dense lower triangles directly (scattering a large batch of outputs is slow on CPU).
 
     Args:
         raw: ``(*batch, K * D * (D + 1) / 2)`` head outputs.
@@ -338,9 +348,7 @@ def precision_tril_from_raw(
     K, D = n_components, dim_out
     _check_last_dim(raw, K * D * (D + 1) // 2)
     raw = raw.unflatten(-1, (K, D * (D + 1) // 2))  # (*batch, K, D (D + 1) / 2)
-    lower = raw.new_zeros((*raw.shape[:-1], D * D))
-    lower = lower.index_copy(-1, strict_tril_embedding(D, raw.device), raw[..., D:])
-    return precision_tril_from_parts(raw[..., :D], lower.unflatten(-1, (D, D)), min_scale)
+    return precision_tril_from_parts(raw[..., :D].contiguous(), raw[..., D:], min_scale)
 
 
 def scale_parameters(
