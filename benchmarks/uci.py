@@ -471,6 +471,7 @@ def run_split(
         "crps": crps(pred, y_test),
         "coverage90": interval_coverage(pred, y_test),
         "fit_seconds": info.pop("fit_seconds"),
+        "quick": int(quick),
         "mdn_kwargs": json.dumps(mdn_kwargs or {}) if method == "mdn" else "",
     }
     if estimator is not None:
@@ -505,7 +506,7 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
 def _fmt(mean: float, se: float, spec: str) -> str:
     if math.isnan(se):
         return f"{mean:{spec}}"
-    return f"{mean:{spec}} ± {se:{spec}}"
+    return f"{mean:{spec}} ± {se:{spec.lstrip('+')}}"
 
 
 def _paired(rows_a: list[dict[str, Any]], rows_b: dict[int, float]) -> str:
@@ -537,21 +538,24 @@ def format_report(rows: Sequence[dict[str, Any]], data_dir: Path | None = None) 
                 else ""
             )
         )
+        by_method: dict[str, list[dict[str, Any]]] = {}
+        for r in ds_rows:
+            by_method.setdefault(method_label(r), []).append(r)
+        width = max(14, *(len(m) + 2 for m in by_method))
         header = (
-            f"{'method':<14}{'n':>3}  {'test NLL':>16}  {'RMSE':>18}  {'CRPS':>18}  "
-            f"{'cov90':>6}  {'fit s':>7}"
+            f"{'method':<{width}}{'n':>3}  {'test NLL ± SE':>16}  {'SD':>5}  {'RMSE':>18}  "
+            f"{'CRPS':>18}  {'cov90':>6}  {'fit s':>7}"
         )
         lines.append(header)
         lines.append("-" * len(header))
-        by_method: dict[str, list[dict[str, Any]]] = {}
-        for r in ds_rows:
-            by_method.setdefault(r["method"], []).append(r)
         for method, m_rows in by_method.items():
             stats = {k: _mean_se([float(r[k]) for r in m_rows]) for k in ("nll", "rmse", "crps")}
+            nll_sd = stats["nll"][1] * math.sqrt(len(m_rows))
             cov = float(np.mean([float(r["coverage90"]) for r in m_rows]))
             fit_s = float(np.mean([float(r["fit_seconds"]) for r in m_rows]))
             lines.append(
-                f"{method:<14}{len(m_rows):>3}  {_fmt(*stats['nll'], '.3f'):>16}  "
+                f"{method:<{width}}{len(m_rows):>3}  {_fmt(*stats['nll'], '.3f'):>16}  "
+                f"{nll_sd:>5.2f}  "
                 f"{_fmt(*stats['rmse'], '#.3g'):>18}  {_fmt(*stats['crps'], '#.3g'):>18}  "
                 f"{cov:>6.3f}  {fit_s:>7.1f}"
             )
@@ -578,6 +582,17 @@ def format_report(rows: Sequence[dict[str, Any]], data_dir: Path | None = None) 
             lines.append("  " + "; ".join(cells[:3]))
             lines.append("  " + "; ".join(cells[3:]))
     return "\n".join(lines)
+
+
+def method_label(row: dict[str, Any]) -> str:
+    """``"mdn"`` or, for an ablation, ``"mdn[n_estimators=5]"``; other methods by name."""
+    kwargs = json.loads(row.get("mdn_kwargs") or "{}")
+    label = str(row["method"])
+    if kwargs:
+        label += f"[{','.join(f'{k}={v}' for k, v in sorted(kwargs.items()))}]"
+    if str(row.get("quick", "0")) in ("1", "True"):
+        label += " (quick)"
+    return label
 
 
 def _split_text(splits: list[int]) -> str:
@@ -632,8 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--from-csv",
         type=Path,
+        nargs="+",
         default=None,
-        help="print the tables of an existing per-split CSV and exit",
+        help="print the tables of existing per-split CSVs (rows combined) and exit",
     )
     parser.add_argument(
         "--quick",
@@ -663,8 +679,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     data_dir: Path = args.data_dir
     if args.from_csv is not None:
-        with open(args.from_csv, newline="") as f:
-            print(format_report(list(csv.DictReader(f)), data_dir))
+        loaded: list[dict[str, Any]] = []
+        for path in args.from_csv:
+            with open(path, newline="") as f:
+                loaded.extend(csv.DictReader(f))
+        print(format_report(loaded, data_dir))
         return 0
     try:
         mdn_kwargs = json.loads(args.mdn_kwargs)
