@@ -165,6 +165,7 @@ CSV_FIELDS = (
     "crps",
     "coverage90",
     "fit_seconds",
+    "quick",
     "mdn_kwargs",
     "info",
 )
