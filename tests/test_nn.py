@@ -380,3 +380,22 @@ def test_initial_mixture_is_uniform_with_unit_scales() -> None:
         sd = mixture.component_stddev
         # The bias was set in float32 before .double(): float32 precision.
         torch.testing.assert_close(sd, torch.ones_like(sd), rtol=1e-6, atol=0.0)
+
+
+@pytest.mark.parametrize("noise_type", NOISE_TYPES)
+def test_gradcheck_through_the_head(noise_type: str) -> None:
+    """Analytic gradients (incl. the fused kernels' backward) match finite differences."""
+    head = _make_head(noise_type, K=2, D=3, in_features=3).double()
+    with torch.no_grad():
+        head.linear.weight.normal_(0.0, 0.5)
+        head.linear.bias.normal_(0.0, 0.5)
+    h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    weight = head.linear.weight.detach().clone().requires_grad_(True)
+    bias = head.linear.bias.detach().clone().requires_grad_(True)
+
+    def nll(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        params = {"linear.weight": w, "linear.bias": b}
+        return -torch.func.functional_call(head, params, (h,)).log_prob(y)
+
+    assert torch.autograd.gradcheck(nll, (h, y, weight, bias))
