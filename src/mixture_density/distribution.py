@@ -50,6 +50,9 @@ ICDF_BRACKET_STDS = 10.0
 # Mode search: fixed-point (mean-shift / EM) iterations, then Newton polishing.
 MODE_MAX_ITER = 500
 MODE_NEWTON_STEPS = 20
+# Fixed-point iterations stop once no coordinate moves more than this many ulps (relative to
+# 1 + |y|): below that a step is rounding noise and the Newton polish takes over.
+MODE_TOL_ULPS = 16.0
 
 
 def _as_tensor_like(x: Any, like: Tensor, name: str) -> Tensor:
@@ -797,8 +800,7 @@ class GaussianMixture(Distribution):
         diag = self._kind == "scale"
         # Sigma_k^{-1} mu_k: (*B, K, D)
         prec_mu = prec * self._loc if diag else (prec @ self._loc.unsqueeze(-1)).squeeze(-1)
-        # Fixed-point tolerance: a few ulps of the coordinate scale.
-        tol = 16 * torch.finfo(self.dtype).eps
+        tol = MODE_TOL_ULPS * torch.finfo(self.dtype).eps
         for _ in range(MODE_MAX_ITER):
             r = self.component_posterior(x)  # (K, *B, K)
             if diag:
