@@ -441,6 +441,7 @@ def test_mixed_precision_keeps_likelihood_in_model_dtype() -> None:
     assert module.split
     nll = module(x, y)
     assert nll.dtype == torch.float32 and nll.shape == (8,)
+    assert not torch.equal(nll, model.loss(x, y))  # autocast did lower the backbone
     # Only the backbone ran in bf16: the result is within bf16 round-off of the fp32 loss.
     assert torch.allclose(nll, model.loss(x, y), rtol=0.05, atol=0.05)
     other = _LossModule(Gauss(2, 2), torch.bfloat16, "cpu")
@@ -481,6 +482,25 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) ->
         r = fit(new_model(), x, y, epochs=2, compile=True, **QUIET)
     assert r.epochs_run == 2
     assert sum("torch.compile failed" in str(w.message) for w in caught) == 1
+
+
+def test_compile_sees_only_full_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows: list[int] = []
+
+    def recording_compile(module: Any, **kwargs: Any) -> Any:
+        assert kwargs.get("dynamic") is False
+
+        def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            rows.append(x.shape[0])
+            return module(x, y)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    x, y = make_data(100)
+    r = fit(new_model(), x, y, epochs=2, batch_size=32, val_fraction=0.1, compile=True, **QUIET)
+    # 90 training rows: two full batches per epoch compiled, the ragged 26 rows run eagerly.
+    assert rows == [32, 32, 32, 32] and r.epochs_run == 2
 
 
 # --------------------------------------------------------------------------- streaming

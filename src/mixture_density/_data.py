@@ -277,7 +277,7 @@ def build_sources(
     if train_data is None and X is None and y is None:
         raise ValueError("no training data: pass X and y, or train_data")
     val: Source | None = None
-    if isinstance(val_data, tuple):
+    if isinstance(val_data, (tuple, list)):
         if len(val_data) != 2:
             raise ValueError(
                 f"val_data as a tuple must be (X_val, y_val), got {len(val_data)} items"

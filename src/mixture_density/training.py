@@ -111,14 +111,23 @@ class _LossModule(nn.Module):
 
 
 class _FallbackLoss:
-    """Calls the compiled loss; on its first failure warns once and stays eager."""
+    """Calls the compiled loss; on its first failure warns once and stays eager.
+
+    Only batches with the row count of the first one go through the compiled graph: the
+    ragged last batch of an epoch runs eagerly, because recompiling for a dynamic batch
+    dimension costs seconds and gave a slower graph (H100, a 128-wide MDN: 0.36 s/epoch
+    dynamic against 0.13 s static and 0.20 s eager).
+    """
 
     def __init__(self, compiled: Callable[..., torch.Tensor], eager: Callable[..., torch.Tensor]):
         self.compiled: Callable[..., torch.Tensor] | None = compiled
         self.eager = eager
+        self.rows: int | None = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.compiled is not None:
+        if self.rows is None:
+            self.rows = x.shape[0]
+        if self.compiled is not None and x.shape[0] == self.rows:
             try:
                 return self.compiled(x, y)
             except Exception as exc:  # compile errors come in many types; eager re-raises real bugs
@@ -311,8 +320,10 @@ def fit(
         noise_regularization: Gaussian noise added to every training minibatch (Rothfuss et
             al., 2019): ``None`` (off), ``s`` (std ``s`` for x and y), ``(std_x, std_y)``, or
             ``"auto"``: ``h = n^(-1/(4 + d))`` for both, ``n`` training rows and
-            ``d = dim_x + dim_y``, the rule of thumb of the paper's experiments. Stds are in
-            the units of the (standardized) data; validation data get no noise.
+            ``d = dim_x + dim_y``, the Scott/Silverman-type rule of thumb that the paper
+            evaluates among its noise schedules; it shrinks as ``n`` grows, as the paper's
+            consistency result requires. Stds are in the units of the data, which are
+            assumed standardized; validation data get no noise.
         checkpoint_path: file for checkpoints (model, optimizer, scheduler, RNG states,
             early-stopping state, history). Written atomically by rank 0 only.
         checkpoint_every: epochs between checkpoints (None: every epoch when
@@ -531,7 +542,7 @@ class _Run:
         self.ddp = wrapped if ctx.enabled else None
         self.train_loss: Callable[..., torch.Tensor] = wrapped
         if a["compile"]:
-            self.train_loss = _FallbackLoss(torch.compile(wrapped), wrapped)
+            self.train_loss = _FallbackLoss(torch.compile(wrapped, dynamic=False), wrapped)
         return self._loop()
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
