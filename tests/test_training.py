@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from mixture_density._data import CSVChunkDataset, streaming_moments
-from mixture_density.training import FitResult, _LossModule, _noise_stds, fit
+from mixture_density._loss import LossModule
+from mixture_density.training import FitResult, _noise_stds, fit
 
 D = torch.distributions
 
@@ -437,14 +438,14 @@ def test_mixed_precision_keeps_likelihood_in_model_dtype() -> None:
     torch.manual_seed(0)
     model = mdn.MixtureDensityNetwork(2, 2, 3, noise_type="full")
     x, y = torch.randn(8, 2), torch.randn(8, 2)
-    module = _LossModule(model, torch.bfloat16, "cpu")
+    module = LossModule(model, torch.bfloat16, "cpu")
     assert module.split
     nll = module(x, y)
     assert nll.dtype == torch.float32 and nll.shape == (8,)
     assert not torch.equal(nll, model.loss(x, y))  # autocast did lower the backbone
     # Only the backbone ran in bf16: the result is within bf16 round-off of the fp32 loss.
     assert torch.allclose(nll, model.loss(x, y), rtol=0.05, atol=0.05)
-    other = _LossModule(Gauss(2, 2), torch.bfloat16, "cpu")
+    other = LossModule(Gauss(2, 2), torch.bfloat16, "cpu")
     assert not other.split and other(x, y).dtype == torch.float32
 
 

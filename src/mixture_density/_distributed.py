@@ -46,6 +46,22 @@ def _timeout_s() -> float:
     return value
 
 
+def resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
+    """``"auto"``: CUDA device ``local_rank`` if CUDA is available, else CPU.
+
+    A bare ``"cuda"`` also becomes ``cuda:local_rank``, so that each process of a node
+    drives its own GPU.
+    """
+    if isinstance(device, str) and device == "auto":
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
 def setup(distributed: bool | None, use_cuda: bool) -> DistContext:
     """Joins (or, under a launcher, creates) the default process group.
 

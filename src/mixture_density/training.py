@@ -5,6 +5,10 @@
 log-likelihoods), such as :class:`~mixture_density.nn.MixtureDensityNetwork`, with AdamW,
 early stopping on validation NLL, atomic checkpoints with exact resume, noise regularization,
 mixed precision, ``torch.compile`` and DistributedDataParallel.
+
+The pieces live in private modules: the loss and its mixed-precision/compile wrappers in
+``_loss``, checkpoints in ``_checkpoint``, process groups in ``_distributed`` and data sources
+(in-memory, DataLoader, streaming CSV) in ``_data``.
 """
 
 from __future__ import annotations
@@ -14,19 +18,20 @@ import math
 import os
 import secrets
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import _checkpoint as _ckpt
 from . import _distributed as _dist
 from ._data import build_sources
+from ._loss import FallbackLoss, LossModule, batch_sum
 
 __all__ = ["FitResult", "fit"]
 
@@ -39,9 +44,6 @@ STOP_CALLBACK = "callback"
 STOP_INTERRUPTED = "interrupted"
 STOP_NON_FINITE = "non_finite"
 _STOP_CODES = {1: STOP_EARLY, 2: STOP_CALLBACK, 3: STOP_NON_FINITE}
-
-#: Checkpoint layout version, bumped when the payload changes incompatibly.
-_CKPT_VERSION = 1
 
 
 @dataclass
@@ -69,123 +71,7 @@ class FitResult:
     detail: str = field(default="")
 
 
-# --------------------------------------------------------------------------- loss path
-
-
-class _LossModule(nn.Module):
-    """Per-sample NLL ``(B,)`` of ``model``; a module so that DDP and compile can wrap it.
-
-    Under bf16/fp16 autocast, a model with ``backbone`` and ``head`` runs only the backbone
-    in low precision; the head and the mixture log-likelihood (log-sum-exp over components,
-    triangular solves) run in the model's dtype, where their cancellation is harmless.
-    """
-
-    def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None, device_type: str):
-        super().__init__()
-        self.model = model
-        self.amp_dtype = amp_dtype
-        self.device_type = device_type
-        self.split = isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(
-            getattr(model, "head", None), nn.Module
-        )
-
-    def _plain(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss_fn = getattr(self.model, "loss", None)
-        if callable(loss_fn):
-            return cast(torch.Tensor, loss_fn(x, y))
-        return cast(torch.Tensor, -self.model(x).log_prob(y))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.amp_dtype is None:
-            return self._plain(x, y)
-        if self.split:
-            backbone = cast(nn.Module, self.model.backbone)
-            head = cast(nn.Module, self.model.head)
-            with torch.autocast(self.device_type, dtype=self.amp_dtype):
-                h = backbone(x)
-            with torch.autocast(self.device_type, enabled=False):
-                return cast(torch.Tensor, -head(h.to(y.dtype)).log_prob(y))
-        with torch.autocast(self.device_type, dtype=self.amp_dtype):
-            out = self._plain(x, y)
-        return out.to(y.dtype)
-
-
-class _FallbackLoss:
-    """Calls the compiled loss; on its first failure warns once and stays eager.
-
-    Only batches with the row count of the first one go through the compiled graph: the
-    ragged last batch of an epoch runs eagerly, because recompiling for a dynamic batch
-    dimension costs seconds and gave a slower graph (H100, a 128-wide MDN: 0.36 s/epoch
-    dynamic against 0.13 s static and 0.20 s eager).
-    """
-
-    def __init__(self, compiled: Callable[..., torch.Tensor], eager: Callable[..., torch.Tensor]):
-        self.compiled: Callable[..., torch.Tensor] | None = compiled
-        self.eager = eager
-        self.rows: int | None = None
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.rows is None:
-            self.rows = x.shape[0]
-        if self.compiled is not None and x.shape[0] == self.rows:
-            try:
-                return self.compiled(x, y)
-            except Exception as exc:  # compile errors come in many types; eager re-raises real bugs
-                warnings.warn(
-                    f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                    "falling back to eager mode",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.compiled = None
-        return self.eager(x, y)
-
-
-def _batch_sum(nll: torch.Tensor, n: int) -> torch.Tensor:
-    # A model whose loss already reduces to a scalar counts as that mean for each row.
-    return nll.sum() if nll.ndim > 0 else nll * n
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _atomic_save(obj: Any, path: str) -> None:
-    """Writes ``obj`` to ``path`` so that a crash leaves either the old or the new file.
-
-    The payload goes to a temporary file in the same directory (so that :func:`os.replace`
-    is an atomic rename on one filesystem), is flushed to disk, then renamed over ``path``.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
 # --------------------------------------------------------------------------- argument checks
-
-
-def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return (
-            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        )
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def _noise_stds(spec: Any, n: int | None, d: int) -> tuple[float, float]:
@@ -403,7 +289,7 @@ def fit(
     if not params:
         raise ValueError("model has no trainable parameters")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _resolve_device(device, local_rank)
+    dev = _dist.resolve_device(device, local_rank)
     ctx = _dist.setup(distributed, use_cuda=dev.type == "cuda")
     try:
         if ctx.enabled and dev.type == "cuda":
@@ -442,21 +328,7 @@ class _Run:
     def _load_checkpoint(self) -> dict[str, Any] | None:
         if not (self.a["resume"] and self.ckpt_path):
             return None
-        exists = _dist.broadcast_int(self.ctx, int(os.path.exists(self.ckpt_path)), self._cdev)
-        if not exists:
-            return None
-        if not os.path.exists(self.ckpt_path):
-            raise FileNotFoundError(
-                f"rank {self.ctx.rank} cannot see checkpoint {self.ckpt_path} that rank 0 has; "
-                "checkpoints must be on a filesystem shared by all ranks"
-            )
-        ckpt: dict[str, Any] = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("version") != _CKPT_VERSION:
-            raise ValueError(
-                f"{self.ckpt_path} is not a mixture_density checkpoint (version "
-                f"{ckpt.get('version')!r}, expected {_CKPT_VERSION})"
-            )
-        return ckpt
+        return _ckpt.load(self.ckpt_path, self.ctx, self._cdev)
 
     @property
     def _cdev(self) -> torch.device:
@@ -522,17 +394,20 @@ class _Run:
             self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=a["epochs"])
         amp = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[a["precision"]]
         self.scaler = torch.amp.GradScaler(self.device.type) if amp is torch.float16 else None
+        self.objects = _ckpt.Checkpointable(
+            model, self.opt, self.sched, self.scaler, self.gen, self.noise_gen, self.device
+        )
 
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
-        self.best_state = _cpu_state(model)
+        self.best_state = _ckpt.cpu_state(model)
         self.best_epoch, self.best_val, self.bad_epochs = 0, math.inf, 0
         self.finished: str | None = None
         self.skipped = 0  # minibatches skipped for a non-finite loss or gradient
         if ckpt is not None:
             self._restore(ckpt)
 
-        loss_module = _LossModule(model, amp, self.device.type)
+        loss_module = LossModule(model, amp, self.device.type)
         self.eval_loss: Callable[..., torch.Tensor] = loss_module
         wrapped: nn.Module = loss_module
         if ctx.enabled:
@@ -542,30 +417,13 @@ class _Run:
         self.ddp = wrapped if ctx.enabled else None
         self.train_loss: Callable[..., torch.Tensor] = wrapped
         if a["compile"]:
-            self.train_loss = _FallbackLoss(torch.compile(wrapped, dynamic=False), wrapped)
+            self.train_loss = FallbackLoss(torch.compile(wrapped, dynamic=False), wrapped)
         return self._loop()
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        for key, current in (
-            ("n_train", self.train.n_rows),
-            ("n_val", self.val and self.val.n_rows),
-        ):
-            if ckpt[key] != current:
-                raise ValueError(
-                    f"checkpoint {self.ckpt_path} was made with {key}={ckpt[key]}, "
-                    f"but this data gives {current}; resume needs the same data"
-                )
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        if self.sched is not None and ckpt["scheduler"] is not None:
-            self.sched.load_state_dict(ckpt["scheduler"])
-        if self.scaler is not None and ckpt["scaler"] is not None:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.gen.set_state(ckpt["generator"])
-        self.noise_gen.set_state(ckpt["noise_generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        n_val = self.val and self.val.n_rows
+        _ckpt.check_same_data(ckpt, str(self.ckpt_path), self.train.n_rows, n_val)
+        self.objects.load_state_dict(ckpt)
         self.history = list(ckpt["history"])
         self.start_epoch = int(ckpt["epoch"])
         self.best_state = ckpt["best_state"]
@@ -577,19 +435,8 @@ class _Run:
     def _save(self, epoch: int, finished: str | None = None) -> None:
         if not (self.ckpt_path and self.ctx.is_main):
             return
-        payload = {
-            "version": _CKPT_VERSION,
+        progress = {
             "epoch": epoch,
-            "model": _cpu_state(self.model),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict() if self.sched is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "generator": self.gen.get_state(),
-            "noise_generator": self.noise_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device)
-            if self.device.type == "cuda"
-            else None,
             "best_state": self.best_state,
             "best_epoch": self.best_epoch,
             "best_val_nll": self.best_val,
@@ -601,7 +448,7 @@ class _Run:
             "noise": self.noise,
             "finished": finished,
         }
-        _atomic_save(payload, self.ckpt_path)
+        _ckpt.save(self.ckpt_path, self.objects, progress)
 
     # -- one epoch ------------------------------------------------------------------------
     def _to_device(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -669,7 +516,7 @@ class _Run:
                 if streak >= self.a["max_nonfinite_batches"]:
                     return (total.item() / count if count else math.nan), True
                 if not bad:
-                    total += _batch_sum(nll.detach(), xb.shape[0]).to(torch.float64)
+                    total += batch_sum(nll.detach(), xb.shape[0]).to(torch.float64)
                     count += xb.shape[0]
         s, c = _dist.all_sum(self.ctx, [total.item(), float(count)], self._cdev)
         return (s / c if c else math.nan), False
@@ -682,7 +529,7 @@ class _Run:
         total, count = 0.0, 0
         for xb, yb in self.val.batches(self.gen, 0):
             xb, yb = self._to_device(xb, yb)
-            total += float(_batch_sum(self.eval_loss(xb, yb), xb.shape[0]).to(torch.float64))
+            total += float(batch_sum(self.eval_loss(xb, yb), xb.shape[0]).to(torch.float64))
             count += xb.shape[0]
         s, c = _dist.all_sum(self.ctx, [total, float(count)], self._cdev)
         return s / c if c else math.nan
@@ -803,7 +650,7 @@ class _Run:
             metric = record["train_nll"]
             improved = math.isfinite(metric)
         if improved:
-            self.best_state = _cpu_state(self.model)
+            self.best_state = _ckpt.cpu_state(self.model)
             self.best_epoch, self.bad_epochs = epoch, 0
             if self.val is not None:
                 self.best_val = metric
