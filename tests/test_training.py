@@ -1,4 +1,4 @@
-"""Tests for mixture_density.training.fit and the streaming helpers in _data."""
+"""Tests for mixture_density.training.fit (streaming CSV input: tests/test_data.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from mixture_density._data import CSVChunkDataset, streaming_moments
 from mixture_density._loss import LossModule
 from mixture_density.training import FitResult, _noise_stds, fit
 
@@ -502,59 +501,3 @@ def test_compile_sees_only_full_batches(monkeypatch: pytest.MonkeyPatch) -> None
     r = fit(new_model(), x, y, epochs=2, batch_size=32, val_fraction=0.1, compile=True, **QUIET)
     # 90 training rows: two full batches per epoch compiled, the ragged 26 rows run eagerly.
     assert rows == [32, 32, 32, 32] and r.epochs_run == 2
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-def _write_csv(path: Any, data: np.ndarray, names: list[str]) -> None:
-    with open(path, "w") as f:
-        f.write(",".join(names) + "\n")
-        for row in data:
-            f.write(",".join(repr(float(v)) for v in row) + "\n")
-
-
-def test_streaming_moments_match_numpy(tmp_path: Any) -> None:
-    rng = np.random.default_rng(0)
-    data = rng.normal(size=(1003, 4)) * [1.0, 1e3, 1e-3, 5.0] + [0.0, 1e6, -3.0, 2.0]
-    path = tmp_path / "d.csv"
-    _write_csv(path, data, ["a", "b", "c", "t"])
-    ds = CSVChunkDataset(str(path), ["a", "b", "c"], ["t"], chunksize=97)
-    m = streaming_moments(ds)
-    assert m.n == 1003
-    np.testing.assert_allclose(m.mean_x, data[:, :3].mean(0), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(m.std_x, data[:, :3].std(0), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(m.mean_y, data[:, 3:].mean(0), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(m.std_y, data[:, 3:].std(0), rtol=1e-10, atol=1e-10)
-    # Row by row (blocks of one) gives the same moments.
-    rows = streaming_moments((r[:3], r[3:]) for r in data)
-    np.testing.assert_allclose(rows.std_x, m.std_x, rtol=1e-10)
-
-
-def test_csv_dataset_rows_shards_and_errors(tmp_path: Any) -> None:
-    data = np.arange(50, dtype=float).reshape(25, 2)
-    path = tmp_path / "d.csv"
-    _write_csv(path, data, ["x", "y"])
-    ds = CSVChunkDataset(str(path), [0], ["y"], chunksize=4, shuffle=True, seed=1)
-    seen = sorted(float(x) for x, _ in ds)
-    assert seen == data[:, 0].tolist()
-    # Two workers partition the chunks: every row exactly once.
-    parts = [list(ds.iter_chunks((w, 2))) for w in range(2)]
-    got = np.concatenate([x for part in parts for _, x, _ in part])[:, 0]
-    assert sorted(got.tolist()) == data[:, 0].tolist()
-    assert {c for _, part in enumerate(parts) for c, _, _ in part} == set(range(7))
-    bad = tmp_path / "bad.csv"
-    bad.write_text("x,y\n1,2\nnan,3\n")
-    with pytest.raises(ValueError, match="line 3"):
-        list(CSVChunkDataset(str(bad), ["x"], ["y"]))
-    with pytest.raises(ValueError, match="not in the header"):
-        list(CSVChunkDataset(str(path), ["z"], ["y"]))
-
-
-def test_fit_streams_csv(tmp_path: Any) -> None:
-    x, y = make_data(300)
-    path = tmp_path / "d.csv"
-    _write_csv(path, torch.cat([x, y], 1).numpy(), ["x", "y"])
-    ds = CSVChunkDataset(str(path), ["x"], ["y"], chunksize=64, shuffle=True, dtype=torch.float64)
-    r = fit(new_model(), train_data=ds, epochs=6, lr=1e-2, batch_size=32, **QUIET)
-    assert r.history[-1]["train_nll"] < r.history[0]["train_nll"]

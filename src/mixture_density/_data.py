@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,13 @@ __all__ = ["CSVChunkDataset", "Moments", "streaming_moments"]
 DEVICE_RESIDENT_BYTES = 1 << 30
 #: Rows per validation batch; validation keeps no graph, so it can use large batches.
 EVAL_BATCH = 4096
+#: A column whose standard deviation is below this many ulps of its magnitude is constant up
+#: to rounding: :meth:`Moments.standardize` centres it and leaves it unscaled (scale 1) instead
+#: of blowing rounding noise up to unit variance (the estimator's in-memory rule).
+CONSTANT_SPREAD_ULPS = 10.0
+
+#: ``(x (m, d), y (m, D)) -> (x', y')`` applied by :class:`CSVChunkDataset` to each chunk.
+ChunkTransform = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 
 def as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -364,6 +371,10 @@ class CSVChunkDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         shuffle: permute rows within each chunk.
         seed: seed of the within-chunk shuffle.
         dtype: dtype of the yielded tensors.
+        transform: optional ``(x (m, d), y (m, D)) -> (x, y)`` applied to each float64 chunk
+            before conversion, e.g. :meth:`Moments.standardize` of a first
+            :func:`streaming_moments` pass, since :func:`~mixture_density.training.fit`
+            expects standardized data. :meth:`iter_chunks` returns untransformed chunks.
 
     Yields:
         ``(x (d,), y (D,))`` float tensors, one row at a time (wrap in a ``DataLoader`` with
@@ -376,6 +387,10 @@ class CSVChunkDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         >>> ds = CSVChunkDataset(path, ["a", "b"], ["t"], chunksize=1)
         >>> [tuple(x.tolist()) for x, _ in ds]
         [(1.0, 2.0), (4.0, 5.0)]
+        >>> scaled = CSVChunkDataset(path, ["a", "b"], ["t"],
+        ...                          transform=streaming_moments(ds).standardize)
+        >>> [y.item() for _, y in scaled]
+        [-1.0, 1.0]
     """
 
     def __init__(
@@ -390,6 +405,7 @@ class CSVChunkDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         shuffle: bool = False,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        transform: ChunkTransform | None = None,
     ) -> None:
         super().__init__()
         if chunksize < 1:
@@ -405,6 +421,7 @@ class CSVChunkDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         self.shuffle = shuffle
         self.seed = seed
         self.dtype = dtype
+        self.transform = transform
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -472,6 +489,8 @@ class CSVChunkDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for chunk, x, y in self.iter_chunks(_shard_info()):
+            if self.transform is not None:
+                x, y = self.transform(x, y)
             xt = torch.as_tensor(x, dtype=self.dtype)
             yt = torch.as_tensor(y, dtype=self.dtype)
             if self.shuffle:
@@ -490,6 +509,24 @@ class Moments:
     std_x: np.ndarray
     mean_y: np.ndarray
     std_y: np.ndarray
+
+    def scales(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(scale_x, scale_y)``: the stds, with 1 for columns constant up to rounding."""
+
+        def guarded(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+            eps = float(np.finfo(np.float64).eps)
+            tiny = CONSTANT_SPREAD_ULPS * eps * np.maximum(np.abs(mean), 1.0)
+            return np.where(std > tiny, std, 1.0)
+
+        return guarded(self.mean_x, self.std_x), guarded(self.mean_y, self.std_y)
+
+    def standardize(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``((x - mean_x) / scale_x, (y - mean_y) / scale_y)`` for ``x (m, d)``, ``y (m, D)``.
+
+        Usable as the ``transform`` of a :class:`CSVChunkDataset`.
+        """
+        scale_x, scale_y = self.scales()
+        return (x - self.mean_x) / scale_x, (y - self.mean_y) / scale_y
 
 
 def _merge(
