@@ -52,13 +52,16 @@ __all__ = ["DEFAULTS", "MDNRegressor"]
 
 #: Provisional training defaults, in one place so that the benchmarks can tune them.
 #: ``lr`` is for Adam on standardized data; ``patience`` counts epochs without a better
-#: validation NLL.
+#: validation NLL. ``noise_regularization="auto"`` (std ``n^(-1/(4+d))``) over-smooths
+#: sharp conditionals: on the inverse problem of ``mdn demo`` the held-out NLL is +0.05 with
+#: it against -1.22 without, and on mcycle the 5-fold CV NLL is 4.93 against 4.40 with 0.1.
 DEFAULTS: Mapping[str, Any] = {
     "epochs": 500,
     "batch_size": 128,
     "lr": 3e-3,
     "weight_decay": 0.0,
     "patience": 30,
+    "noise_regularization": "auto",
 }
 
 # A feature or target whose standard deviation is below this many ulps of its magnitude is
@@ -152,7 +155,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         batch_size: int = DEFAULTS["batch_size"],
         lr: float = DEFAULTS["lr"],
         weight_decay: float = DEFAULTS["weight_decay"],
-        noise_regularization: Any = "auto",
+        noise_regularization: Any = DEFAULTS["noise_regularization"],
         val_fraction: float = 0.1,
         patience: int = DEFAULTS["patience"],
         min_scale: float = 1e-3,
@@ -525,7 +528,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 ) from err
             est.models_.append(model.to(target).eval())
         est.model_ = est.models_[0]
-        est.fit_results_ = [FitResult(**r) for r in config["fit_results"]]
+        est.fit_results_ = [FitResult(**_from_jsonable(r)) for r in config["fit_results"]]
         est.history_ = list(est.fit_results_[0].history)
         est.val_nll_ = float("nan") if config["val_nll"] is None else float(config["val_nll"])
         est.metadata_ = dict(config.get("metadata", {}))
@@ -617,6 +620,17 @@ def _resolve_device(device: str) -> torch.device:
     if device == "auto" or (str(device).startswith("cuda") and not torch.cuda.is_available()):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def _from_jsonable(value: Any) -> Any:
+    """Undo :func:`_jsonable` for training records: ``None`` back to ``nan``."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, dict):
+        return {k: v if isinstance(v, str) else _from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
