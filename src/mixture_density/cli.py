@@ -15,8 +15,10 @@ files are written to a temporary file and renamed, so a failure never leaves hal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -96,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (err.name or "").split(".")[0] not in _OPTIONAL_MODULES:
             raise  # a broken installation, not a missing extra: keep the traceback
         return _fail(f"{err}: install the extras with pip install 'mixture-density[all]'")
+    except BrokenPipeError:
+        # The reader went away (`mdn predict ... | head`): not an error worth a message.
+        # Point stdout at devnull so that the interpreter's final flush does not fail again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (MixtureDensityError, OSError, ValueError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
@@ -138,7 +146,10 @@ def _build_parser() -> _Parser:
     demo.add_argument("--out", default="mdn-demo.png", help="figure path (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument(
-        "--n", type=_positive_int, default=3000, help="training rows (default: %(default)s)"
+        "--n",
+        type=_positive_int,
+        default=None,
+        help="training rows (default: 3000, 600 with --quick)",
     )
     demo.add_argument(
         "--quick", action="store_true", help="small data and few epochs (a smoke test)"
@@ -545,7 +556,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .metrics import interval_coverage
 
     _check_output_path(args.out)
-    n_train = 600 if args.quick else args.n
+    n_train = args.n if args.n is not None else (600 if args.quick else 3000)
     rng = np.random.default_rng(args.seed)
     X, y = inverse_problem_data(n_train, rng)
     X_test, y_test = inverse_problem_data(2000, rng)
