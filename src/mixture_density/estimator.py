@@ -106,7 +106,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             ``training.fit``.
         val_fraction: Fraction of the rows held out for early stopping (0 disables it; it is
             also disabled when the fraction would hold out no row).
-        patience: Epochs without a better validation NLL before training stops.
+        patience: Epochs without a better validation NLL before training stops (``None``:
+            run all ``epochs``; the weights with the best validation NLL are kept either way).
         min_scale: Floor on every component standard deviation, in units of the
             standardized targets (each target scaled to unit variance).
         fixed_noise_level: Component standard deviation for ``noise_type="fixed"``, in
@@ -157,7 +158,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         weight_decay: float = DEFAULTS["weight_decay"],
         noise_regularization: Any = DEFAULTS["noise_regularization"],
         val_fraction: float = 0.1,
-        patience: int = DEFAULTS["patience"],
+        patience: int | None = DEFAULTS["patience"],
         min_scale: float = 1e-3,
         fixed_noise_level: float | None = None,
         device: str = "cpu",
@@ -281,6 +282,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     def _check_params(self) -> None:
         for name in ("n_components", "n_estimators", "epochs", "batch_size", "patience"):
             value = getattr(self, name)
+            if name == "patience" and value is None:
+                continue  # no early stopping
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 <= float(self.val_fraction) < 1.0:
