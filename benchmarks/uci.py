@@ -167,6 +167,7 @@ CSV_FIELDS = (
     "fit_seconds",
     "quick",
     "mdn_kwargs",
+    "revision",
     "info",
 )
 
@@ -369,6 +370,32 @@ def mdn_import_error() -> str | None:
     except Exception as error:  # any failure of an unfinished module means "skip the mdn"
         return f"{type(error).__name__}: {error}"
     return None
+
+
+def library_revision() -> str:
+    """Short git commit of the project, ``+dirty`` when ``src/`` has uncommitted changes."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""  # not a git checkout (e.g. an installed copy): leave the column empty
+    return commit + ("+dirty" if dirty else "")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -585,6 +612,38 @@ def format_report(rows: Sequence[dict[str, Any]], data_dir: Path | None = None) 
     return "\n".join(lines)
 
 
+def format_markdown(rows: Sequence[dict[str, Any]], data_dir: Path | None = None) -> str:
+    """One Markdown table over data sets and methods (for benchmarks/RESULTS.md)."""
+    lines = [
+        "| data set | method | splits | test NLL ± SE | RMSE ± SE | CRPS | cov90 | fit s "
+        "| ΔNLL vs MC dropout 2018 (paired) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
+    datasets += sorted({r["dataset"] for r in rows} - set(datasets))
+    for name in datasets:
+        by_method: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["dataset"] == name:
+                by_method.setdefault(method_label(r), []).append(r)
+        standard = all(r["split_source"] == "standard" for rs in by_method.values() for r in rs)
+        mc = _mc_dropout_nll(name, data_dir) if standard else None
+        for method, m_rows in by_method.items():
+            nll_stats = _mean_se([float(r["nll"]) for r in m_rows])
+            rmse_stats = _mean_se([float(r["rmse"]) for r in m_rows])
+            crps_mean = float(np.mean([float(r["crps"]) for r in m_rows]))
+            cov = float(np.mean([float(r["coverage90"]) for r in m_rows]))
+            fit_s = float(np.mean([float(r["fit_seconds"]) for r in m_rows]))
+            splits = sorted({int(r["split"]) for r in m_rows})
+            paired = "" if mc is None else _paired(m_rows, dict(enumerate(mc.tolist())))
+            lines.append(
+                f"| {name} | {method} | {_split_text(splits)} | {_fmt(*nll_stats, '.3f')} "
+                f"| {_fmt(*rmse_stats, '#.3g')} | {crps_mean:#.3g} | {cov:.3f} | {fit_s:.1f} "
+                f"| {paired.replace('ΔNLL ', '')} |"
+            )
+    return "\n".join(lines)
+
+
 def method_label(row: dict[str, Any]) -> str:
     """``"mdn"`` or, for an ablation, ``"mdn[n_estimators=5]"``; other methods by name."""
     kwargs = json.loads(row.get("mdn_kwargs") or "{}")
@@ -653,6 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the tables of existing per-split CSVs (rows combined) and exit",
     )
     parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="with --from-csv: one Markdown table (as in benchmarks/RESULTS.md)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="CI smoke run: Boston, one split, few epochs/stages (seconds)",
@@ -684,7 +748,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in args.from_csv:
             with open(path, newline="") as f:
                 loaded.extend(csv.DictReader(f))
-        print(format_report(loaded, data_dir))
+        report = format_markdown if args.markdown else format_report
+        print(report(loaded, data_dir))
         return 0
     try:
         mdn_kwargs = json.loads(args.mdn_kwargs)
@@ -728,6 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     csv_path = args.csv or (DEFAULT_QUICK_CSV if args.quick else DEFAULT_CSV)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    revision = library_revision()
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -747,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row = run_split(
                         data, split, method, seed=args.seed, quick=args.quick, mdn_kwargs=mdn_kwargs
                     )
+                    row["revision"] = revision
                     writer.writerow(row)
                     f.flush()  # a long run killed half-way keeps its finished splits
                     rows.append(row)
