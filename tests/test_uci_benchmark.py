@@ -170,3 +170,6 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     # Printing from the CSV gives the same tables as the run itself.
     again = uci.format_report(rows, uci.DEFAULT_DATA_DIR if HAVE_SHARED_DATA else None)
     assert again.strip() in result.stdout
+    table = uci.format_markdown(rows).splitlines()
+    assert len(table) == 2 + len(rows)  # header, rule, one line per (data set, method)
+    assert any(line.startswith("| bostonHousing | ngboost (quick) | 0 |") for line in table)
