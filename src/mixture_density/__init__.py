@@ -1,29 +1,39 @@
-"""mixture-density: mixture density networks on PyTorch."""
+"""mixture-density: mixture density networks on PyTorch.
+
+The core (``GaussianMixture``, ``NoiseType``, ``MixtureDensityHead``,
+``MixtureDensityNetwork``, ``fit``) needs only torch and numpy and is imported eagerly.
+``MDNRegressor`` needs scikit-learn and is resolved lazily on first access, so importing the
+package never imports scikit-learn or matplotlib.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Public name -> submodule. Resolved lazily so that optional pieces (scikit-learn,
-# matplotlib) are imported only when used.
-_LAZY = {
-    "GaussianMixture": "distribution",
-    "NoiseType": "noise",
-    "MixtureDensityHead": "nn",
-    "MixtureDensityNetwork": "nn",
-    "fit": "training",
-    "FitResult": "training",
-    "MDNRegressor": "estimator",
-}
+from .distribution import GaussianMixture
+from .nn import MixtureDensityHead, MixtureDensityNetwork
+from .noise import NoiseType
+from .training import FitResult, fit
 
-__all__ = ["__version__", *_LAZY]
+if TYPE_CHECKING:
+    from .estimator import MDNRegressor
+
+__all__ = [
+    "FitResult",
+    "GaussianMixture",
+    "MDNRegressor",
+    "MixtureDensityHead",
+    "MixtureDensityNetwork",
+    "NoiseType",
+    "__version__",
+    "fit",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
-        return getattr(module, name)
+    if name == "MDNRegressor":
+        return importlib.import_module(f"{__name__}.estimator").MDNRegressor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
