@@ -1,42 +1,63 @@
 """Speed of the mixture density head against other implementations of the same model.
 
 Every peer maps head features ``h (B, H)`` through one linear layer to a mixture of ``K``
-Gaussians over ``D`` outputs and we time one training step of that layer: forward, mean
-negative log-likelihood, backward. All peers run in this one process, on one thread, with
-interleaved repetitions (so that drift from other load hits them alike); the table shows the
-median milliseconds per step and each peer's time relative to ours (``x`` > 1: we are faster).
+Gaussians over ``D`` outputs. All peers run in this one process, on one thread, with
+interleaved repetitions (so that drift from other load hits them alike); the tables show the
+median milliseconds and each peer's time relative to ours (``x`` > 1: we are faster), and
+``best/ours``, the fastest peer's time over ours.
 
 Peers (one row per noise model and D):
 
 * ``ours``: :class:`mixture_density.nn.MixtureDensityHead` (diagonal: ``scale``; full:
-  ``precision_tril``).
+  packed precision Cholesky factors).
 * ``torch``: ``torch.distributions.MixtureSameFamily`` built from the output of an
   ``nn.Linear`` of the same size: ``Independent(Normal)`` with ``softplus + min_scale`` scales
   for diagonal, ``MultivariateNormal(scale_tril=L)`` with the same diagonal map for full.
 * ``zuko``: ``zuko.mixtures.GMM`` with ``hidden_features=()`` (a single linear layer).
 * ``pyknos``: ``pyknos.mdn.mdn.MultivariateGaussianMDN`` (full covariance only).
 
-Sections (``--sections``; each is a function ``section_<name>`` returning table rows, so more
-can be added): ``loss`` (the table above), ``sample`` (drawing ``--n-draws`` samples from a
-fixed mixture, ours against ``MixtureSameFamily``), ``epoch`` (one epoch over ``--epoch-rows``
-rows of a 2x50 tanh MLP + head with Adam, batch 256), ``memory`` (peak memory of one training
-step, CUDA only).
+Sections (``--sections``; each is a function ``section_<name>`` returning table rows):
+
+* ``loss``: forward + backward of the mean negative log-likelihood from ``h`` (B=8192, H=64).
+* ``sample``: drawing ``--n-draws`` samples from one fixed mixture (batch of one). A peer
+  whose sampler would need more than ``--max-sample-gb`` of memory (torch and zuko sample
+  every component for every draw and broadcast the ``D x D`` factor, ``n K D^2`` numbers;
+  pyknos gathers one factor per draw) is skipped and the estimate printed.
+* ``epoch``: one epoch over ``--epoch-rows`` rows, batch 256, Adam, of the same 2 x 50 tanh
+  MLP followed by each head. Ours is the library's own path, ``model.loss(x, y).mean()`` of a
+  ``MixtureDensityNetwork``; the peers get an identical backbone and their head on top.
+* ``memory``: at D=32, the peak memory of one training step of the loss section. On CUDA,
+  ``torch.cuda.max_memory_allocated`` above the memory held before the step. On CPU, each
+  peer runs in a fresh subprocess and we report the growth of the peak resident set size
+  (``ru_maxrss``) during its first step over the resident size just before it: memory the
+  step really touched, allocator overheads included (tracemalloc does not see torch's
+  allocations).
+
+Repetitions adapt to the cost of a row: each row runs ``--reps`` interleaved repetitions,
+or fewer (never below ``--min-reps``) when one repetition of all peers together takes
+longer than ``--row-seconds / --reps``.
 
 ``torch.distributions`` argument validation is switched off for every peer (it is a debugging
 aid that costs synchronizing checks, and each peer would pay it differently).
 
 Usage::
 
-    python benchmarks/speed.py            # B=8192, H=64, K=10, D in {1, 8}
+    python benchmarks/speed.py            # every section, D in {1, 8, 32}
     python benchmarks/speed.py --quick    # tiny sizes, a few seconds (CI smoke test)
-    python benchmarks/speed.py --dims 1 8 32 --sections loss sample epoch
+    python benchmarks/speed.py --dims 8 32 --sections loss
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import math
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -74,6 +95,10 @@ class Settings:
     epoch_rows: int
     device: torch.device
     peers: list[str]
+    min_reps: int = 3
+    row_seconds: float = 60.0
+    max_sample_gb: float = 6.0
+    memory_dim: int = 32
 
 
 # ----------------------------------------------------------------------------- peers
@@ -134,11 +159,30 @@ def nll(name: str, module: nn.Module, h: Tensor, y: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- timing
 
 
-def time_steps(steps: dict[str, Step], reps: int, warmup: int, device: torch.device) -> dict:
-    """Median milliseconds per call of each step, repetitions interleaved across steps."""
-    for step in steps.values():
-        for _ in range(warmup):
+def time_steps(
+    steps: dict[str, Step],
+    reps: int,
+    warmup: int,
+    device: torch.device,
+    min_reps: int = 1,
+    row_seconds: float = math.inf,
+) -> dict:
+    """Median milliseconds per call of each step, repetitions interleaved across steps.
+
+    After the warm-up calls, the number of repetitions is ``reps``, reduced (down to
+    ``min_reps``) so that the row takes about ``row_seconds`` in all.
+    """
+    first: dict[str, float] = {}
+    for name, step in steps.items():
+        for _ in range(max(1, warmup)):
+            _sync(device)
+            start = time.perf_counter()
             step()
+            _sync(device)
+            first[name] = time.perf_counter() - start
+    per_rep = sum(first.values())
+    if math.isfinite(row_seconds):
+        reps = max(min_reps, min(reps, int(row_seconds / max(per_rep, 1e-9))))
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, step in steps.items():
@@ -147,7 +191,9 @@ def time_steps(steps: dict[str, Step], reps: int, warmup: int, device: torch.dev
             step()
             _sync(device)
             times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
+    out: dict = {name: statistics.median(t) for name, t in times.items()}
+    out["reps"] = reps
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -166,6 +212,10 @@ def training_step(name: str, module: nn.Module, h: Tensor, y: Tensor) -> Step:
 # ----------------------------------------------------------------------------- sections
 
 
+def _timed(s: Settings, steps: dict[str, Step], reps: int, warmup: int) -> dict:
+    return time_steps(steps, reps, warmup, s.device, s.min_reps, s.row_seconds)
+
+
 def section_loss(s: Settings) -> list[dict]:
     rows = []
     for noise_type in s.noise_types:
@@ -177,14 +227,17 @@ def section_loss(s: Settings) -> list[dict]:
                 module = make_peer(peer, s.hidden, D, s.components, noise_type)
                 if module is not None:
                     steps[peer] = training_step(peer, module.to(s.device), h, y)
-            rows.append(
-                {
-                    "noise": noise_type,
-                    "D": D,
-                    **time_steps(steps, s.reps, s.warmup, s.device),
-                }
-            )
+            rows.append({"noise": noise_type, "D": D, **_timed(s, steps, s.reps, s.warmup)})
     return rows
+
+
+def sample_bytes(peer: str, n: int, K: int, D: int, noise_type: str) -> float:
+    """Rough peak bytes of a peer's sampler for ``n`` draws from one mixture (float32)."""
+    if noise_type != "full" or peer == "ours":
+        return 4.0 * n * (K + 4) * D  # per-component or gathered vectors only
+    if peer in ("torch", "zuko"):
+        return 4.0 * n * K * D * D  # MultivariateNormal.rsample broadcasts L to every draw
+    return 2 * 4.0 * n * D * D  # pyknos: one gathered factor per draw, and the solve's copy
 
 
 def section_sample(s: Settings) -> list[dict]:
@@ -192,102 +245,180 @@ def section_sample(s: Settings) -> list[dict]:
     for noise_type in s.noise_types:
         for D in s.dims:
             h = torch.randn(1, s.hidden, device=s.device)
-            ours = make_peer("ours", s.hidden, D, s.components, noise_type)
-            peer = make_peer("torch", s.hidden, D, s.components, noise_type)
-            assert ours is not None and peer is not None
-            with torch.no_grad():
-                mixtures = {"ours": ours.to(s.device)(h), "torch": peer.to(s.device)(h)}
-            shape = torch.Size((s.n_draws,))
-            steps = {name: _sampler(m, shape) for name, m in mixtures.items()}
-            rows.append(
-                {
-                    "noise": noise_type,
-                    "D": D,
-                    **time_steps(steps, max(3, s.reps // 4), 1, s.device),
-                }
-            )
+            steps: dict[str, Step] = {}
+            row: dict = {"noise": noise_type, "D": D}
+            for peer in s.peers:
+                module = make_peer(peer, s.hidden, D, s.components, noise_type)
+                if module is None:
+                    continue
+                need = sample_bytes(peer, s.n_draws, s.components, D, noise_type) / 2**30
+                if need > s.max_sample_gb:
+                    row.setdefault("skipped", []).append(f"{peer} ~{need:.0f} GB")
+                    continue
+                steps[peer] = _sampler(peer, module.to(s.device), h, s.n_draws)
+            row.update(_timed(s, steps, max(3, s.reps // 4), 1))
+            rows.append(row)
     return rows
 
 
-def _sampler(mixture: Distribution, shape: torch.Size) -> Step:
-    def step() -> None:
+def _sampler(peer: str, module: nn.Module, h: Tensor, n: int) -> Step:
+    if peer == "pyknos":
+        # Its sampler recomputes the mixture from the features on every call; the cost of one
+        # small forward pass is negligible next to 10^6 draws.
+        def step() -> None:
+            with torch.no_grad():
+                module.sample(n, h)  # type: ignore[operator]
+
+        return step
+    with torch.no_grad():
+        mixture = module(h)
+    shape = torch.Size((n,))
+
+    def draw() -> None:
         mixture.sample(shape)
 
-    return step
+    return draw
+
+
+def _backbone(dim_in: int, width: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim_in, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh())
 
 
 def section_epoch(s: Settings) -> list[dict]:
     """One epoch (batch 256, Adam) of a 2 x 50 tanh MLP with each head on ``epoch_rows``."""
     rows = []
-    dim_in, batch_size = 8, 256
+    dim_in, width, batch_size = 8, 50, 256
     for noise_type in s.noise_types:
         for D in s.dims:
             x = torch.randn(s.epoch_rows, dim_in, device=s.device)
             y = torch.randn(s.epoch_rows, D, device=s.device)
             steps = {}
-            for peer in ("ours", "torch"):
-                model = MixtureDensityNetwork(dim_in, D, s.components, noise_type=noise_type)
-                head = make_peer(peer, 50, D, s.components, noise_type)
-                assert head is not None
-                model.head = head  # type: ignore[assignment]
-                model.to(s.device)
-                steps[peer] = _epoch(model, x, y, batch_size)
-            rows.append(
-                {
-                    "noise": noise_type,
-                    "D": D,
-                    **time_steps(steps, max(1, s.reps // 10), 0, s.device),
-                }
-            )
+            for peer in s.peers:
+                model: nn.Module
+                loss: Callable[[Tensor, Tensor], Tensor]
+                if peer == "ours":
+                    network = MixtureDensityNetwork(
+                        dim_in, D, s.components, hidden_dim=width, noise_type=noise_type
+                    )
+                    model, loss = network, network.loss  # the library's own training loss
+                else:
+                    head = make_peer(peer, width, D, s.components, noise_type)
+                    if head is None:
+                        continue
+                    model = nn.ModuleDict({"backbone": _backbone(dim_in, width), "head": head})
+                    loss = _peer_loss(peer, model)
+                steps[peer] = _epoch(model.to(s.device), loss, x, y, batch_size)
+            rows.append({"noise": noise_type, "D": D, **_timed(s, steps, max(1, s.reps // 10), 1)})
     return rows
 
 
-def _epoch(model: MixtureDensityNetwork, x: Tensor, y: Tensor, batch_size: int) -> Step:
+def _peer_loss(peer: str, model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    def loss(x: Tensor, y: Tensor) -> Tensor:
+        features = model["backbone"](x)  # type: ignore[index]
+        head = model["head"]  # type: ignore[index]
+        if peer == "pyknos":
+            return -head.log_prob(y, features)
+        return -head(features).log_prob(y)
+
+    return loss
+
+
+def _epoch(
+    model: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, batch: int
+) -> Step:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> None:
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        for start in range(0, x.shape[0], batch):
+            xb, yb = x[start : start + batch], y[start : start + batch]
             optimizer.zero_grad(set_to_none=True)
-            (-model.head(model.backbone(xb)).log_prob(yb).mean()).backward()
+            loss(xb, yb).mean().backward()
             optimizer.step()
 
     return step
 
 
 def section_memory(s: Settings) -> list[dict]:
-    """Peak CUDA memory (MiB) above the inputs, of one training step."""
-    if s.device.type != "cuda":
-        print("memory: needs --device cuda; skipped")
-        return []
+    """Peak memory (MiB) of one training step of the loss section at D = memory_dim."""
     rows = []
+    D = s.memory_dim
     for noise_type in s.noise_types:
-        for D in s.dims:
-            h = torch.randn(s.batch, s.hidden, device=s.device)
-            y = torch.randn(s.batch, D, device=s.device)
-            row: dict = {"noise": noise_type, "D": D}
-            for peer in s.peers:
-                module = make_peer(peer, s.hidden, D, s.components, noise_type)
-                if module is None:
-                    continue
-                step = training_step(peer, module.to(s.device), h, y)
-                step()
-                torch.cuda.synchronize(s.device)
-                base = torch.cuda.memory_allocated(s.device)
-                torch.cuda.reset_peak_memory_stats(s.device)
-                step()
-                peak = torch.cuda.max_memory_allocated(s.device)
-                row[peer] = (peak - base) / 2**20
-                del module, step
-            rows.append(row)
+        row: dict = {"noise": noise_type, "D": D}
+        for peer in s.peers:
+            if peer == "pyknos" and noise_type != "full":
+                continue
+            if s.device.type == "cuda":
+                row[peer] = _cuda_step_memory(s, peer, D, noise_type)
+            else:
+                row[peer] = _subprocess_step_memory(s, peer, D, noise_type)
+        rows.append(row)
     return rows
+
+
+def _cuda_step_memory(s: Settings, peer: str, D: int, noise_type: str) -> float:
+    h = torch.randn(s.batch, s.hidden, device=s.device)
+    y = torch.randn(s.batch, D, device=s.device)
+    module = make_peer(peer, s.hidden, D, s.components, noise_type)
+    assert module is not None
+    step = training_step(peer, module.to(s.device), h, y)
+    step()
+    torch.cuda.synchronize(s.device)
+    base = torch.cuda.memory_allocated(s.device)
+    torch.cuda.reset_peak_memory_stats(s.device)
+    step()
+    return (torch.cuda.max_memory_allocated(s.device) - base) / 2**20
+
+
+def _subprocess_step_memory(s: Settings, peer: str, D: int, noise_type: str) -> float:
+    """Peak RSS growth (MiB) of one step, measured in a fresh interpreter."""
+    spec = json.dumps(
+        {
+            "peer": peer,
+            "D": D,
+            "noise": noise_type,
+            "batch": s.batch,
+            "hidden": s.hidden,
+            "K": s.components,
+        }
+    )
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--memory-child", spec],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_child(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    torch.set_num_threads(1)
+    Distribution.set_default_validate_args(False)
+    warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+    torch.manual_seed(0)
+    module = make_peer(spec["peer"], spec["hidden"], spec["D"], spec["K"], spec["noise"])
+    assert module is not None
+    h = torch.randn(spec["batch"], spec["hidden"])
+    y = torch.randn(spec["batch"], spec["D"])
+    # Warm up the code paths on a tiny batch (lazy imports, kernels' one-time buffers), so
+    # the measured step's growth is the step itself.
+    training_step(spec["peer"], module, h[:2], y[:2])()
+    before = _rss_bytes()
+    training_step(spec["peer"], module, h, y)()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print((peak - before) / 2**20)
 
 
 SECTIONS = {
     "loss": (section_loss, "ms per forward+backward of the mean NLL"),
     "sample": (section_sample, "ms to draw the samples"),
     "epoch": (section_epoch, "ms per epoch"),
-    "memory": (section_memory, "peak MiB of one training step"),
+    "memory": (section_memory, "peak MiB of one loss step; CPU: RSS growth, fresh process"),
 }
 
 
@@ -301,16 +432,30 @@ def print_table(title: str, rows: list[dict], peers: list[str], lower_is_better:
     others = [p for p in present if p != "ours"]
     header = f"{'noise':<10} {'D':>3} " + " ".join(f"{p:>9}" for p in present)
     header += "".join(f" {p + '/ours':>12}" for p in others)
+    header += f" {'best/ours':>10}"
+    if any("reps" in r for r in rows):
+        header += f" {'reps':>5}"
     print(f"\n{title} ({lower_is_better}; 'x/ours' > 1: ours is faster/smaller)")
     print(header)
     print("-" * len(header))
+    notes = []
     for r in rows:
         line = f"{r['noise']:<10} {r['D']:>3} "
         line += " ".join(f"{r[p]:>9.3f}" if p in r else f"{'-':>9}" for p in present)
+        ratios = []
         for p in others:
             ratio = r[p] / r["ours"] if p in r and "ours" in r else None
             line += f" {ratio:>11.2f}x" if ratio is not None else f" {'-':>12}"
+            if ratio is not None:
+                ratios.append(ratio)
+        line += f" {min(ratios):>9.2f}x" if ratios else f" {'-':>10}"
+        if "reps" in r:
+            line += f" {r['reps']:>5}"
         print(line)
+        if r.get("skipped"):
+            notes.append(f"  {r['noise']} D={r['D']}: skipped (memory) {', '.join(r['skipped'])}")
+    for note in notes:
+        print(note)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -319,21 +464,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8192)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--components", type=int, default=10)
-    parser.add_argument("--dims", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dims", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--noise", nargs="+", default=["diagonal", "full"])
     parser.add_argument("--reps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--n-draws", type=int, default=1_000_000)
     parser.add_argument("--epoch-rows", type=int, default=100_000)
-    parser.add_argument("--sections", nargs="+", default=["loss"], choices=sorted(SECTIONS))
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--min-reps", type=int, default=3)
+    parser.add_argument("--row-seconds", type=float, default=60.0)
+    parser.add_argument("--max-sample-gb", type=float, default=6.0)
+    parser.add_argument("--memory-dim", type=int, default=32)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--peers", nargs="+", default=["ours", "torch", "zuko", "pyknos"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.memory_child:
+        _memory_child(args.memory_child)
+        return
 
     if args.quick:
-        args.batch, args.reps, args.warmup = 256, 5, 1
-        args.n_draws, args.epoch_rows = 10_000, 2_048
+        args.batch, args.reps, args.warmup, args.min_reps = 256, 3, 1, 1
+        args.n_draws, args.epoch_rows, args.memory_dim = 10_000, 1_024, 4
+        args.dims = [d for d in args.dims if d <= 8]
     peers = ["ours"] + [
         p
         for p in args.peers
@@ -351,6 +505,10 @@ def main(argv: list[str] | None = None) -> None:
         epoch_rows=args.epoch_rows,
         device=torch.device(args.device),
         peers=peers,
+        min_reps=args.min_reps,
+        row_seconds=args.row_seconds,
+        max_sample_gb=args.max_sample_gb,
+        memory_dim=args.memory_dim,
     )
     torch.set_num_threads(args.threads)
     # zuko's full GMM at D = 1 has an empty off-diagonal layer; nn.Linear warns about it.
@@ -360,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, device {settings.device}, threads {args.threads}, "
         f"B={settings.batch}, H={settings.hidden}, K={settings.components}, "
-        f"median of {settings.reps} reps"
+        f"median of up to {settings.reps} reps ({settings.row_seconds:g} s per row)"
     )
     for name in args.sections:
         function, unit = SECTIONS[name]

@@ -602,3 +602,157 @@ def test_mode_bimodal_returns_taller_and_overlapping() -> None:
     )
     torch.testing.assert_close(gm2.mode, torch.tensor([0.5, 0.25], dtype=torch.float64))
     assert _grad_at(gm2, gm2.mode).abs().max() < 1e-8
+
+
+# ----------------------------------------------------------------- packed precision factors
+
+
+def _packed(
+    batch: tuple[int, ...], K: int, D: int, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, covariance, diagonal, strictly lower entries) of well-conditioned components."""
+    cov = _spd(batch, K, D, torch.float64)
+    P = torch.linalg.cholesky(torch.linalg.inv(cov))
+    rows, cols = torch.tril_indices(D, D, offset=-1)
+    diagonal, off = P.diagonal(dim1=-2, dim2=-1), P[..., rows, cols]
+    return P.to(dtype), cov.to(dtype), diagonal.to(dtype), off.to(dtype)
+
+
+@pytest.mark.parametrize("batch", BATCH)
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("D", [1, 2, 4])
+def test_packed_matches_mixture_same_family(batch: tuple[int, ...], K: int, D: int) -> None:
+    """The packed kernel (no sample dims) and the dense fallback (sample dims) both match."""
+    for dtype in (torch.float64, torch.float32):
+        P, cov, diagonal, off = _packed(batch, K, D, dtype)
+        logits = torch.randn(*batch, K, dtype=dtype)
+        loc = torch.randn(*batch, K, D, dtype=dtype)
+        gm = GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off)
+        ref = MixtureSameFamily(
+            Categorical(logits=logits), MultivariateNormal(loc, covariance_matrix=cov)
+        )
+        assert gm.parameterization == "precision_tril"
+        torch.testing.assert_close(gm.precision_tril, P, rtol=0.0, atol=0.0)
+        for sample in SAMPLE:
+            y = torch.randn(*sample, *batch, D, dtype=dtype)
+            lp = gm.log_prob(y)
+            assert lp.shape == (*sample, *batch)
+            torch.testing.assert_close(lp, ref.log_prob(y), rtol=TOL[dtype], atol=TOL[dtype])
+        torch.testing.assert_close(gm.mean, ref.mean, rtol=TOL[dtype], atol=TOL[dtype])
+        torch.testing.assert_close(gm.variance, ref.variance, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_packed_kernel_broadcasts_y_and_matches_dense_gradients() -> None:
+    """Values and every gradient equal the dense fused kernel's; y broadcasts over the batch."""
+    batch, K, D = (2, 3), 4, 5
+    _, _, diagonal, off = _packed(batch, K, D)
+    diagonal, off = diagonal.requires_grad_(), off.requires_grad_()
+    y = torch.randn(3, D, dtype=torch.float64, requires_grad=True)  # broadcast over batch[0]
+    lg = torch.randn(*batch, K, dtype=torch.float64, requires_grad=True)
+    mu = torch.randn(K, D, dtype=torch.float64, requires_grad=True)  # shared by the batch
+    mu_b = mu.expand(*batch, K, D)
+    a = _math.packed_precision_mixture_log_prob(y, lg, mu_b, diagonal, off)
+    P = _math.tril_from_packed(diagonal, off)
+    b = _math.precision_mixture_log_prob(y, lg, mu_b, P)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(a)
+    inputs = (y, lg, mu, diagonal, off)
+    for u, v in zip(torch.autograd.grad(a, inputs, g), torch.autograd.grad(b, inputs, g)):
+        assert u.shape == v.shape
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("D", [1, 3])
+@pytest.mark.parametrize("sample", SAMPLE)
+def test_packed_gradcheck(D: int, sample: tuple[int, ...]) -> None:
+    """First and second derivatives of both log_prob routes (packed kernel, dense fallback)."""
+    batch, K = (2,), 3
+    _, _, diagonal, off = _packed(batch, K, D)
+    args = (
+        torch.randn(*sample, *batch, D, dtype=torch.float64, requires_grad=True),
+        torch.randn(*batch, K, dtype=torch.float64, requires_grad=True),
+        torch.randn(*batch, K, D, dtype=torch.float64, requires_grad=True),
+        diagonal.requires_grad_(),
+        off.requires_grad_(),
+    )
+
+    def f(*a: torch.Tensor) -> torch.Tensor:
+        return GaussianMixture.from_packed_precision_tril(*a[1:]).log_prob(a[0])
+
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+def test_packed_retained_graph_backward_twice() -> None:
+    """A second backward through a retained graph gives the same gradients."""
+    _, _, diagonal, off = _packed((4,), 2, 3)
+    off.requires_grad_()
+    gm = GaussianMixture.from_packed_precision_tril(
+        torch.zeros(4, 2, dtype=torch.float64),
+        torch.zeros(4, 2, 3, dtype=torch.float64),
+        diagonal,
+        off,
+    )
+    lp = gm.log_prob(torch.randn(4, 3, dtype=torch.float64)).sum()
+    (g1,) = torch.autograd.grad(lp, off, retain_graph=True)
+    (g2,) = torch.autograd.grad(lp, off)
+    torch.testing.assert_close(g1, g2, rtol=0.0, atol=0.0)
+
+
+def test_packed_validation_and_expand() -> None:
+    _, _, diagonal, off = _packed((3,), 2, 3)
+    logits, loc = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, 2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"off_diagonal must have shape \(\*batch, K, 3\)"):
+        GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off[..., :2])
+    with pytest.raises(ValueError, match="diagonal must have shape"):
+        GaussianMixture.from_packed_precision_tril(logits, loc, diagonal[..., :2], off)
+    with pytest.raises(ValueError, match="diagonal must be positive"):
+        GaussianMixture.from_packed_precision_tril(logits, loc, -diagonal, off, validate_args=True)
+    with pytest.raises(ValueError, match="off_diagonal must be finite"):
+        GaussianMixture.from_packed_precision_tril(
+            logits, loc, diagonal, off * math.inf, validate_args=True
+        )
+    with pytest.raises(TypeError, match=r"diagonal must be a torch\.Tensor"):
+        GaussianMixture.from_packed_precision_tril(logits, loc, 1.0, off)  # type: ignore[arg-type]
+    gm = GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off)
+    big = gm.expand((5, 3))
+    assert big._packed is not None and big.batch_shape == (5, 3)
+    y = torch.randn(5, 3, 3, dtype=torch.float64)
+    # gm sees y as 5 samples (dense fallback), big as its batch (packed kernel).
+    torch.testing.assert_close(big.log_prob(y), gm.log_prob(y), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_precision_tril_every_parameterization(noise: str) -> None:
+    """precision_tril is lower triangular with a positive diagonal and P P^T = Sigma^{-1}."""
+    gm, _ = make(noise, (2,), 3, 3)
+    P = gm.precision_tril
+    assert P.shape == (2, 3, 3, 3)
+    torch.testing.assert_close(P, P.tril(), rtol=0.0, atol=0.0)
+    assert (P.diagonal(dim1=-2, dim2=-1) > 0).all()
+    eye = torch.eye(3, dtype=torch.float64).expand(2, 3, 3, 3)
+    torch.testing.assert_close(
+        P @ P.transpose(-1, -2) @ gm.component_covariance_matrix, eye, rtol=1e-10, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_full_sampler_paths_have_the_right_moments(
+    grouped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grouped (one GEMM per component) and gathered (one factor per draw) samplers."""
+    import mixture_density.distribution as distribution
+
+    if not grouped:
+        monkeypatch.setattr(distribution, "SAMPLE_MAX_GROUPS", 0)
+    torch.manual_seed(1)
+    for noise in ("full_precision", "full_tril"):
+        gm, _ = make(noise, (2,), 3, 3)
+        n = 20000
+        x = gm.sample((n,))
+        assert x.shape == (n, 2, 3)
+        assert ((x.mean(0) - gm.mean).abs() <= 5 * gm.stddev / math.sqrt(n)).all()
+        dev = x - gm.mean
+        prod = dev.unsqueeze(-1) * dev.unsqueeze(-2)  # (n, 2, 3, 3)
+        se = prod.std(0) / math.sqrt(n)
+        assert ((prod.mean(0) - gm.covariance_matrix).abs() <= 5 * se).all()

@@ -27,9 +27,12 @@ __all__ = [
     "log_softmax",
     "mixture_log_prob",
     "newton_bisect",
+    "packed_precision_mixture_log_prob",
     "precision_component_log_prob",
     "precision_mixture_log_prob",
     "tril_component_log_prob",
+    "tril_from_packed",
+    "tril_positions",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -200,10 +203,15 @@ class _DiagMixtureLogProb(torch.autograd.Function):
         _, z, resp, log_w = output
         ctx.save_for_backward(y, logits, loc, scale, z, resp, log_w)
         ctx.mark_non_differentiable(z, resp, log_w)
+        # Only the first output gets a gradient; without this autograd would allocate and
+        # zero-fill a gradient for each of the others (z is as large as the whole step).
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> Any:
+    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> Any:
         y, logits, loc, scale, z, resp, log_w = ctx.saved_tensors
+        if grad is None:  # no gradient reached the density (materialize_grads off)
+            return (None,) * len(ctx.needs_input_grad)
         if torch.is_grad_enabled():
             # create_graph=True: differentiate the composite expression instead, so that the
             # gradient is itself differentiable with respect to every input.
@@ -255,10 +263,13 @@ class _PrecisionMixtureLogProb(torch.autograd.Function):
         _, d, u, resp, log_w, diag_p = output
         ctx.save_for_backward(y, logits, loc, P, d, u, resp, log_w, diag_p)
         ctx.mark_non_differentiable(d, u, resp, log_w, diag_p)
+        ctx.set_materialize_grads(False)  # see _DiagMixtureLogProb
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> Any:
+    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> Any:
         y, logits, loc, P, d, u, resp, log_w, diag_p = ctx.saved_tensors
+        if grad is None:  # no gradient reached the density (materialize_grads off)
+            return (None,) * len(ctx.needs_input_grad)
         if torch.is_grad_enabled():
             return _composite_backward(
                 lambda *a: mixture_log_prob(a[1], precision_component_log_prob(a[0], a[2], a[3])),
@@ -361,6 +372,202 @@ def precision_mixture_log_prob(
         True
     """
     return _PrecisionMixtureLogProb.apply(y, logits, loc, precision_tril)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Packed precision factors (the full-covariance head's hot path)
+# ---------------------------------------------------------------------------------------
+
+
+def tril_positions(dim: int, device: torch.device | None = None) -> Tensor:
+    """Flat positions in a ``D x D`` matrix of the packed entries of a lower triangle.
+
+    The packed layout puts the ``D`` diagonal entries first, then the strictly lower triangle
+    row by row (``torch.tril_indices(D, D, -1)`` order).
+
+    Args:
+        dim: ``D``.
+        device: where the index tensor lives.
+
+    Returns:
+        ``(D * (D + 1) / 2,)`` int64 positions ``row * D + col``.
+
+    Example:
+        >>> tril_positions(2).tolist()  # P_00, P_11, P_10
+        [0, 3, 2]
+    """
+    rows, cols = torch.tril_indices(dim, dim, offset=-1, device=device)
+    diagonal = torch.arange(dim, device=device) * (dim + 1)
+    return torch.cat([diagonal, rows * dim + cols])
+
+
+def tril_from_packed(diagonal: Tensor, off_diagonal: Tensor) -> Tensor:
+    """Dense lower-triangular matrices from their diagonal and strictly lower entries.
+
+    Args:
+        diagonal: (*B, D) diagonal entries.
+        off_diagonal: (*B, D * (D - 1) / 2) strictly lower triangle, row by row
+            (``torch.tril_indices(D, D, -1)`` order). Broadcasts against ``diagonal``.
+
+    Returns:
+        (*B, D, D), zero above the diagonal; differentiable with respect to both inputs.
+
+    Example:
+        >>> tril_from_packed(torch.tensor([1.0, 2.0]), torch.tensor([3.0])).tolist()
+        [[1.0, 0.0], [3.0, 2.0]]
+    """
+    D = diagonal.shape[-1]
+    batch = torch.broadcast_shapes(diagonal.shape[:-1], off_diagonal.shape[:-1])
+    packed = torch.cat(
+        [diagonal.expand((*batch, D)), off_diagonal.expand((*batch, off_diagonal.shape[-1]))], -1
+    )  # (*B, D (D + 1) / 2)
+    # One index copy into zeros: writes each entry once (O(D^2) per matrix). A 0/1 embedding
+    # matrix product does the same in O(D^4), most of the step at D = 32.
+    flat = packed.new_zeros((*batch, D * D))
+    flat = flat.index_copy(-1, tril_positions(D, packed.device), packed)
+    return flat.unflatten(-1, (D, D))
+
+
+def _segments(D: int) -> list[tuple[int, int, int]]:
+    """``(i, start, stop)``: row ``i`` of a strictly lower triangle packed row by row."""
+    out, start = [], 0
+    for i in range(1, D):
+        out.append((i, start, start + i))
+        start += i
+    return out
+
+
+def _batch_last(t: Tensor, n_batch: int) -> Tensor:
+    """(*B, K, E) -> (K, E, N) with ``N = prod(B)`` innermost, contiguous.
+
+    A no-op view when ``t`` already has that memory layout (the full-covariance head computes
+    its outputs transposed for this reason); a copy otherwise.
+    """
+    flat = t.reshape((math.prod(t.shape[:n_batch]), *t.shape[n_batch:]))  # (N, K, E)
+    out = flat.permute(1, 2, 0)  # (K, E, N)
+    return out if out.stride(-1) == 1 else out.contiguous()
+
+
+def _batch_first(t: Tensor, batch_shape: torch.Size) -> Tensor:
+    """Inverse of :func:`_batch_last`: (K, E, N) -> (*B, K, E), a view."""
+    return t.permute(2, 0, 1).reshape((*batch_shape, *t.shape[:2]))
+
+
+class _PackedPrecisionMixtureLogProb(torch.autograd.Function):
+    """Full-covariance mixture log-density straight from the packed precision factor.
+
+    With ``P`` lower triangular, ``z = P^T d`` is ``z_j = P_jj d_j + sum_{i > j} P_ij d_i``:
+    row ``i`` of the strict lower triangle adds ``d_i`` times its ``i`` entries to
+    ``z[:i]``, one in-place ``addcmul`` per row, and no ``D x D`` matrix (nor its gradient) is
+    ever materialized: at ``D = 32`` that dense tensor alone is larger than the rest of the
+    step's memory traffic. Every tensor is laid out with the flattened batch innermost,
+    (K, E, N), so that each of these row operations is a long contiguous vector operation
+    (with the batch outermost, row ``i`` is ``i`` numbers per matrix, at a stride, and the
+    same arithmetic runs ~10x slower). Inputs carry no sample dims.
+    """
+
+    @staticmethod
+    def forward(y: Tensor, logits: Tensor, loc: Tensor, diag_p: Tensor, off_p: Tensor) -> Any:
+        batch_shape = logits.shape[:-1]
+        nb = len(batch_shape)
+        D = loc.shape[-1]
+        log_w = log_softmax(logits)  # (*B, K)
+        y_t = _batch_last(y.expand((*batch_shape, D)).unsqueeze(-2), nb)  # (1, D, N)
+        d = y_t - _batch_last(loc, nb)  # (K, D, N)
+        diag_t = _batch_last(diag_p, nb)  # (K, D, N)
+        off_t = _batch_last(off_p, nb)  # (K, D (D - 1) / 2, N)
+        z = d * diag_t  # (K, D, N)
+        for i, start, stop in _segments(D):
+            z[:, :i].addcmul_(off_t[:, start:stop], d[:, i : i + 1])
+        half_log_det = diag_t.log().sum(1)  # (K, N)
+        lp = z.square().sum(1).mul_(-0.5).add_(half_log_det)  # (K, N)
+        lp = _batch_first(lp.unsqueeze(1), batch_shape).squeeze(-1)  # (*B, K)
+        lp.add_(log_w - 0.5 * D * LOG_2PI)
+        out = torch.logsumexp(lp, -1)  # (*B)
+        resp = lp.sub_(out.unsqueeze(-1)).exp_()  # (*B, K)
+        return out, d, z, diag_t, off_t, resp, log_w
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Any) -> None:
+        _, d, z, diag_t, off_t, resp, log_w = output
+        ctx.save_for_backward(*inputs, d, z, diag_t, off_t, resp, log_w)
+        ctx.mark_non_differentiable(d, z, diag_t, off_t, resp, log_w)
+        ctx.set_materialize_grads(False)  # see _DiagMixtureLogProb
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> Any:
+        y, logits, loc, diag_p, off_p, d, z, diag_t, off_t, resp, log_w = ctx.saved_tensors
+        if grad is None:  # no gradient reached the density (materialize_grads off)
+            return (None,) * len(ctx.needs_input_grad)
+        if torch.is_grad_enabled():
+            return _composite_backward(
+                lambda *a: mixture_log_prob(
+                    a[1], precision_component_log_prob(a[0], a[2], tril_from_packed(a[3], a[4]))
+                ),
+                (y, logits, loc, diag_p, off_p),
+                grad,
+                ctx.needs_input_grad,
+            )
+        need_y, need_logits, need_loc, need_diag, need_off = ctx.needs_input_grad
+        batch_shape = logits.shape[:-1]
+        nb = len(batch_shape)
+        D = d.shape[1]
+        g_resp = resp * grad.unsqueeze(-1)  # (*B, K)
+        grads: list[Tensor | None] = [None] * 5
+        if need_logits:
+            grads[1] = _reduce_to(g_resp - grad.unsqueeze(-1) * log_w.exp(), logits)
+        g_resp_t = _batch_last(g_resp.unsqueeze(-1), nb)  # (K, 1, N)
+        # Not in place: z must survive for a second backward through a retained graph.
+        dz = z * g_resp_t.neg()  # d out / d z = -r z, (K, D, N)
+        if need_diag:
+            g_diag = (dz * d).addcdiv_(g_resp_t, diag_t)  # + r / P_jj from the log det
+            grads[3] = _reduce_to(_batch_first(g_diag, batch_shape), diag_p)
+        if need_off:
+            # d out / d P_ij = d_i dz_j for i > j, written row by row into the packed layout.
+            g_off = torch.empty_like(off_t)  # (K, D (D - 1) / 2, N)
+            for i, start, stop in _segments(D):
+                torch.mul(dz[:, :i], d[:, i : i + 1], out=g_off[:, start:stop])
+            grads[4] = _reduce_to(_batch_first(g_off, batch_shape), off_p)
+        if need_y or need_loc:
+            g_d = dz * diag_t  # P dz, (K, D, N)
+            for i, start, stop in _segments(D):
+                g_d[:, i] += (off_t[:, start:stop] * dz[:, :i]).sum(1)
+            if need_loc:
+                # Negated in the (K, D, N) layout: elementwise work on the permuted
+                # (*B, K, D) view is several times slower.
+                grads[2] = _reduce_to(_batch_first(g_d.neg(), batch_shape), loc)
+            if need_y:
+                g_y = g_d.sum(0).T  # (N, D)
+                grads[0] = _reduce_to(g_y.reshape((*batch_shape, D)), y)
+        return tuple(grads)
+
+
+def packed_precision_mixture_log_prob(
+    y: Tensor, logits: Tensor, loc: Tensor, diagonal: Tensor, off_diagonal: Tensor
+) -> Tensor:
+    """Full-covariance mixture log-density from packed precision Cholesky factors.
+
+    Same value as ``precision_mixture_log_prob(y, logits, loc, tril_from_packed(diagonal,
+    off_diagonal))`` without building the ``D x D`` matrices.
+
+    Args:
+        y: (*B, D) points (no sample dims; broadcastable against the batch).
+        logits: (*B, K) unnormalized log-weights.
+        loc: (*B, K, D) means.
+        diagonal: (*B, K, D) positive diagonal of each ``P_k``.
+        off_diagonal: (*B, K, D * (D - 1) / 2) strictly lower triangle of each ``P_k``, row
+            by row.
+
+    Returns:
+        (*B) log-densities.
+
+    Example:
+        >>> lp = packed_precision_mixture_log_prob(torch.zeros(4, 2), torch.zeros(4, 3),
+        ...     torch.zeros(4, 3, 2), torch.ones(4, 3, 2), torch.zeros(4, 3, 1))
+        >>> torch.allclose(lp, torch.full((4,), -LOG_2PI))
+        True
+    """
+    return _PackedPrecisionMixtureLogProb.apply(y, logits, loc, diagonal, off_diagonal)[0]
 
 
 # ---------------------------------------------------------------------------------------

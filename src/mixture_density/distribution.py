@@ -47,6 +47,11 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 # quantiles widen the bracket (see ``icdf``).
 ICDF_BRACKET_STDS = 10.0
 
+# sample(): draws of full-covariance mixtures are transformed by one GEMM per (batch element,
+# component) group when there are at most this many groups (a Python loop over them), and
+# by a gathered factor per draw otherwise (memory D^2 per draw, fine for few draws each).
+SAMPLE_MAX_GROUPS = 4096
+
 # Mode search: fixed-point (mean-shift / EM) iterations, then Newton polishing.
 MODE_MAX_ITER = 500
 MODE_NEWTON_STEPS = 20
@@ -132,6 +137,9 @@ class GaussianMixture(Distribution):
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
     support = constraints.real_vector
     has_rsample = False
+    # (diagonal (*B, K, D), strictly lower (*B, K, D (D - 1) / 2)) of the precision factor,
+    # set by ``from_packed_precision_tril`` only.
+    _packed: tuple[Tensor, Tensor] | None = None
 
     def __init__(
         self,
@@ -221,6 +229,108 @@ class GaussianMixture(Distribution):
         if self._validate_args:
             # The tensors as given, not their expanded views: no repeated work on broadcasts.
             self._check_parameters(logits, loc, factor)
+
+    @classmethod
+    def from_packed_precision_tril(
+        cls,
+        logits: Tensor,
+        loc: Tensor,
+        diagonal: Tensor,
+        off_diagonal: Tensor,
+        *,
+        validate_args: bool | None = None,
+    ) -> GaussianMixture:
+        """Mixture whose precision Cholesky factors are given by their packed entries.
+
+        The same distribution as ``GaussianMixture(logits, loc, precision_tril=P)`` with
+        ``P = tril_from_packed(diagonal, off_diagonal)``, but ``log_prob`` of points without
+        sample dims works on the packed numbers directly and never builds the ``D x D``
+        matrices (the full-covariance head's training path); ``P`` is built, once and
+        differentiably, only when something else needs it (:attr:`precision_tril`,
+        sampling, moments).
+
+        Args:
+            logits: (*batch, K) unnormalized log-weights.
+            loc: (*batch, K, D) component means.
+            diagonal: (*batch, K, D) positive diagonal entries ``P_k,ii``.
+            off_diagonal: (*batch, K, D * (D - 1) / 2) strictly lower entries of each
+                ``P_k``, row by row (``torch.tril_indices(D, D, -1)`` order).
+            validate_args: as for the constructor.
+
+        Returns:
+            GaussianMixture with ``parameterization == "precision_tril"``.
+
+        Example:
+            >>> gm = GaussianMixture.from_packed_precision_tril(
+            ...     torch.zeros(3), torch.zeros(3, 2), torch.ones(3, 2), torch.zeros(3, 1))
+            >>> gm.precision_tril.shape
+            torch.Size([3, 2, 2])
+            >>> round(gm.log_prob(torch.zeros(2)).item(), 4)
+            -1.8379
+        """
+        tensors = (
+            ("logits", logits),
+            ("loc", loc),
+            ("diagonal", diagonal),
+            ("off_diagonal", off_diagonal),
+        )
+        for name, t in tensors:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+        dtype = logits.dtype
+        for _, t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        if dtype in _HALF_DTYPES:
+            dtype = torch.float32  # documented upcast, as in the constructor
+        logits, loc, diagonal, off_diagonal = (t.to(dtype) for _, t in tensors)
+        if logits.dim() < 1 or loc.dim() < 2 or loc.shape[-2] != logits.shape[-1]:
+            raise ValueError(
+                "logits must have shape (*batch, K) and loc (*batch, K, D) with the same K, "
+                f"got {tuple(logits.shape)} and {tuple(loc.shape)}"
+            )
+        K, D = loc.shape[-2:]
+        M = D * (D - 1) // 2
+        for name, t, size in (("diagonal", diagonal, D), ("off_diagonal", off_diagonal, M)):
+            if t.dim() < 2 or t.shape[-1] != size or t.shape[-2] not in (1, K):
+                raise ValueError(
+                    f"{name} must have shape (*batch, K, {size}) = (..., {K}, {size}) for "
+                    f"D = {D}, got {tuple(t.shape)}"
+                )
+        try:
+            batch_shape = torch.broadcast_shapes(
+                logits.shape[:-1], loc.shape[:-2], diagonal.shape[:-2], off_diagonal.shape[:-2]
+            )
+        except RuntimeError:
+            raise ValueError(
+                f"batch shapes do not broadcast: logits {tuple(logits.shape)}, loc "
+                f"{tuple(loc.shape)}, diagonal {tuple(diagonal.shape)}, off_diagonal "
+                f"{tuple(off_diagonal.shape)}"
+            ) from None
+        self = cls.__new__(cls)
+        self._kind = "precision_tril"
+        self._logits_raw = logits.expand((*batch_shape, K))  # (*B, K)
+        self._loc = loc.expand((*batch_shape, K, D))  # (*B, K, D)
+        self._packed = (
+            diagonal.expand((*batch_shape, K, D)),
+            off_diagonal.expand((*batch_shape, K, M)),
+        )
+        Distribution.__init__(self, batch_shape, torch.Size((D,)), validate_args=validate_args)
+        if self._validate_args:
+            for name, t in tensors:
+                if not _all_finite(t):
+                    raise ValueError(f"{name} must be finite, found NaN or inf")
+            if diagonal.numel() and not bool(diagonal.min() > 0):
+                raise ValueError(f"diagonal must be positive, got minimum {diagonal.min():g}")
+        return self
+
+    @cached_property
+    def _factor(self) -> Tensor:
+        # Only reached for packed factors: the constructor stores ``_factor`` in the
+        # instance dict, which takes precedence over this (non-data) descriptor.
+        assert self._packed is not None
+        return _math.tril_from_packed(*self._packed)  # (*B, K, D, D)
 
     # ------------------------------------------------------------------ validation
 
@@ -317,6 +427,24 @@ class GaussianMixture(Distribution):
         if self._kind == "scale_tril":
             return self._factor.expand(self._loc.shape + self._loc.shape[-1:])
         return torch.linalg.cholesky(self.component_covariance_matrix)
+
+    @cached_property
+    def precision_tril(self) -> Tensor:
+        """(*batch, K, D, D) lower Cholesky factor ``P_k`` of each precision, ``P_k P_k^T =
+        Sigma_k^{-1}``, for every parameterization.
+
+        Computed lazily on first access and cached: the factor itself (a view) for
+        ``precision_tril`` mixtures, built once from the packed entries for
+        :meth:`from_packed_precision_tril`, ``diag(1 / scale)`` for ``scale`` and
+        ``cholesky(Sigma^{-1})`` for ``scale_tril``. Differentiable.
+        """
+        D = self.event_shape[0]
+        if self._kind == "precision_tril":
+            return self._factor.expand((*self._loc.shape, D))
+        if self._kind == "scale":
+            assert self.scale is not None
+            return torch.diag_embed(self.scale.reciprocal())
+        return torch.linalg.cholesky(torch.cholesky_inverse(self.scale_tril))
 
     @cached_property
     def component_covariance_matrix(self) -> Tensor:
@@ -427,6 +555,11 @@ class GaussianMixture(Distribution):
         value = self._check_value(value)
         if self._kind == "scale":
             return _math.diag_mixture_log_prob(value, self._logits_raw, self._loc, self._factor)
+        if self._packed is not None and value.dim() <= len(self.batch_shape) + 1:
+            # No sample dims: the packed kernel never builds the D x D factors.
+            return _math.packed_precision_mixture_log_prob(
+                value, self._logits_raw, self._loc, *self._packed
+            )
         if self._kind == "precision_tril":
             return _math.precision_mixture_log_prob(
                 value, self._logits_raw, self._loc, self._factor
@@ -475,6 +608,8 @@ class GaussianMixture(Distribution):
                 assert self.scale is not None
                 s = self.scale.expand(full).gather(-2, gidx).squeeze(-2)
                 return loc + s * eps
+            if B.numel() * K <= SAMPLE_MAX_GROUPS and n > 1:
+                return loc + self._grouped_noise(idx, eps)
             fidx = idx[..., None, None, None].expand(sample_shape + B + (1, D, D))
             F = self._factor.expand((*full, D)).gather(-3, fidx).squeeze(-3)  # (*S,*B,D,D)
             if self._kind == "scale_tril":
@@ -482,6 +617,43 @@ class GaussianMixture(Distribution):
             # Sigma = P^{-T} P^{-1}: x = P^{-T} eps solves P^T x = eps.
             x = torch.linalg.solve_triangular(F.transpose(-1, -2), eps.unsqueeze(-1), upper=True)
             return loc + x.squeeze(-1)
+
+    def _grouped_noise(self, idx: Tensor, eps: Tensor) -> Tensor:
+        """``A_k eps`` for each draw, ``A_k A_k^T = Sigma_k``, one GEMM per (batch, component).
+
+        Draws are sorted by (batch element, component) so that each group's transform is a
+        single matrix product, instead of gathering a ``D x D`` factor per draw (4 GB for
+        10^6 draws at D = 32) and solving a batch of tiny triangular systems.
+
+        Args:
+            idx: (*S, *B) component index of each draw.
+            eps: (*S, *B, D) standard normal draws.
+
+        Returns:
+            (*S, *B, D).
+        """
+        K, D = self.n_components, self.event_shape[0]
+        n_batch = self.batch_shape.numel()
+        if self._kind == "scale_tril":
+            A = self._factor.expand((*self._loc.shape, D))
+        else:
+            # Sigma = P^{-T} P^{-1}: A = P^{-T}, upper triangular, one solve per component.
+            P = self._factor.expand((*self._loc.shape, D))
+            eye = torch.eye(D, dtype=P.dtype, device=P.device)
+            A = torch.linalg.solve_triangular(P.transpose(-1, -2), eye, upper=True)
+        A = A.reshape(n_batch * K, D, D)  # (prod B * K, D, D)
+        group = idx.reshape(-1, n_batch) + torch.arange(n_batch, device=idx.device) * K
+        group = group.reshape(-1)  # (n * prod B,) flat (batch element, component) id
+        order = torch.argsort(group)
+        counts = torch.bincount(group, minlength=n_batch * K).tolist()
+        e = eps.reshape(-1, D)[order]  # (n * prod B, D), grouped
+        out = torch.empty_like(e)
+        start = 0
+        for g, c in enumerate(counts):
+            if c:
+                torch.mm(e[start : start + c], A[g].T, out=out[start : start + c])
+                start += c
+        return torch.empty_like(out).index_copy_(0, order, out).reshape(eps.shape)
 
     # ------------------------------------------------------------------ 1-D functions
 
@@ -768,6 +940,15 @@ class GaussianMixture(Distribution):
         K, D = self.n_components, self.event_shape[0]
         logits = self._logits_raw.expand((*batch_shape, K))
         loc = self._loc.expand((*batch_shape, K, D))
+        if self._packed is not None:
+            diagonal, off_diagonal = self._packed
+            return GaussianMixture.from_packed_precision_tril(
+                logits,
+                loc,
+                diagonal.expand((*batch_shape, *diagonal.shape[-2:])),
+                off_diagonal.expand((*batch_shape, *off_diagonal.shape[-2:])),
+                validate_args=False,
+            )
         kw: dict[str, Tensor] = {}
         if self._kind == "scale":
             assert self.scale is not None

@@ -19,10 +19,9 @@ from torch import Tensor, nn
 from mixture_density.distribution import GaussianMixture
 from mixture_density.noise import (
     NoiseType,
-    ScaleParameters,
+    bounded_scale,
     inverse_bounded_scale,
     n_scale_outputs,
-    precision_tril_from_parts,
     scale_parameters,
 )
 
@@ -47,6 +46,11 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 # deviation)^2 added, so that a cluster of one point, or of repeated values, does not start
 # with zero width (and a singular covariance for the full noise model).
 _INIT_RELATIVE_SPREAD_FLOOR = 1e-3
+
+# forward() of the non-full noise models: at most this many feature numbers (batch x
+# in_features) go through one GEMM whose output is sliced; larger batches use one GEMM per
+# output block, whose contiguous outputs the elementwise kernels need (see forward).
+_ONE_GEMM_MAX_INPUTS = 2**16
 
 
 class MixtureDensityHead(nn.Module):
@@ -161,40 +165,71 @@ class MixtureDensityHead(nn.Module):
             raise ValueError(
                 f"h must have shape (*batch, in_features={self.in_features}), got {tuple(h.shape)}."
             )
-        K, D, H = self.n_components, self.dim_out, self.in_features
+        K, D = self.n_components, self.dim_out
         # One GEMM per block of rows of the single weight matrix, rather than one GEMM and
         # slices of its output: every block comes out contiguous, which the elementwise
         # kernels downstream need (softplus on a strided slice is ~8x slower on CPU), and the
         # backward does not zero-fill the whole output once per slice.
         weight, bias = self.linear.weight, self.linear.bias  # (K + K D + S, H), (K + K D + S,)
-        logits = F.linear(h, weight[:K], bias[:K])  # (*batch, K)
-        rows = slice(K, K + K * D)
-        loc = F.linear(h, weight[rows], bias[rows]).unflatten(-1, (K, D))  # (*batch, K, D)
-        w_scale, b_scale = weight[K + K * D :], bias[K + K * D :]  # (S, H), (S,)
-        params: ScaleParameters
         if self.noise_type is NoiseType.FULL:
-            # Per component: D diagonal rows, then D (D - 1) / 2 strictly-lower rows. One GEMM
-            # per kind, so that the softplus of the diagonal runs on contiguous numbers.
-            w_scale = w_scale.view(K, -1, H)  # (K, D (D + 1) / 2, H)
-            b_scale = b_scale.view(K, -1)  # (K, D (D + 1) / 2)
-            diagonal_raw = F.linear(
-                h, w_scale[:, :D].reshape(K * D, H), b_scale[:, :D].reshape(K * D)
-            ).unflatten(-1, (K, D))  # (*batch, K, D)
-            off_diagonal = F.linear(
-                h, w_scale[:, D:].reshape(-1, H), b_scale[:, D:].reshape(-1)
-            ).unflatten(-1, (K, -1))  # (*batch, K, D (D - 1) / 2)
-            P = precision_tril_from_parts(
-                diagonal_raw, off_diagonal, self.min_scale
-            )  # (*batch, K, D, D)
-            params = {"precision_tril": P}
+            return self._full_mixture(h, weight, bias)
+        if h.numel() <= _ONE_GEMM_MAX_INPUTS:
+            # Small batches: kernel and autograd-node count dominate, so one GEMM and views.
+            raw = F.linear(h, weight, bias)  # (*batch, K + K D + S)
+            logits, loc, scale_raw = self._split(raw)
         else:
+            logits = F.linear(h, weight[:K], bias[:K])  # (*batch, K)
+            rows = slice(K, K + K * D)
+            loc = F.linear(h, weight[rows], bias[rows]).unflatten(-1, (K, D))  # (*batch, K, D)
             # FIXED has no scale rows: the empty (*batch, 0) output only carries the batch
             # shape, dtype and device.
-            scale_raw = F.linear(h, w_scale, b_scale)  # (*batch, S)
-            params = scale_parameters(
-                self.noise_type, scale_raw, K, D, self.min_scale, fixed_scale=self.fixed_scale
-            )
+            scale_raw = F.linear(h, weight[K + K * D :], bias[K + K * D :])  # (*batch, S)
+        params = scale_parameters(
+            self.noise_type, scale_raw, K, D, self.min_scale, fixed_scale=self.fixed_scale
+        )
         return GaussianMixture(logits, loc, **params)
+
+    def _full_mixture(self, h: Tensor, weight: Tensor, bias: Tensor) -> GaussianMixture:
+        """Full-covariance mixture with packed precision factors, laid out batch-last.
+
+        The means and the packed factor entries come from GEMMs computed transposed,
+        ``W @ h^T``: (outputs, N) with the flattened batch innermost. That is the layout the
+        packed log-density kernel works in (long contiguous rows), so it needs no copy, and
+        the gradients flow back into the GEMMs without one either.
+        """
+        K, D, H = self.n_components, self.dim_out, self.in_features
+        batch = h.shape[:-1]
+        h2 = h.reshape(-1, H)  # (N, H)
+        n = h2.shape[0]
+        # The bias rides along as one more weight column against a row of ones: the GEMM
+        # adds it without a separate pass over its (at D = 32, 160 MB) output, and the
+        # weight-gradient GEMM returns its gradient.
+        h_aug = torch.cat([h2.T, h2.new_ones(1, n)])  # (H + 1, N)
+        logits = F.linear(h, weight[:K], bias[:K])  # (*batch, K)
+
+        def rows_t(w: Tensor, b: Tensor) -> Tensor:
+            # (K * E, N) = [W | b] @ [h^T; 1]
+            return torch.cat([w, b.unsqueeze(-1)], 1) @ h_aug
+
+        def batch_first(t: Tensor, per_component: int) -> Tensor:
+            # (K * E, N) -> (*batch, K, E), a view (N is split back into the batch dims).
+            return t.view(K, per_component, n).permute(2, 0, 1).reshape(*batch, K, per_component)
+
+        loc = batch_first(rows_t(weight[K : K + K * D], bias[K : K + K * D]), D)
+        # Scale rows: per component, D diagonal rows then D (D - 1) / 2 strictly-lower rows.
+        # Gathering the weight rows by kind (a small copy of W) gives one GEMM per kind, each
+        # with its own output: slices of one shared output would each cost a zero-filled
+        # gradient of the whole output in the backward.
+        first = K + K * D
+        w_scale = weight[first:].view(K, -1, H)  # (K, D (D + 1) / 2, H)
+        b_scale = bias[first:].view(K, -1)  # (K, D (D + 1) / 2)
+        n_off = D * (D - 1) // 2
+        diag_t = rows_t(w_scale[:, :D].reshape(K * D, H), b_scale[:, :D].reshape(K * D))
+        # P_ii = 1 / (softplus(raw) + min_scale), on contiguous numbers.
+        diagonal = batch_first(bounded_scale(diag_t, self.min_scale).reciprocal_(), D)
+        off_t = rows_t(w_scale[:, D:].reshape(K * n_off, H), b_scale[:, D:].reshape(K * n_off))
+        off_diagonal = batch_first(off_t, n_off)  # (*batch, K, D (D - 1) / 2)
+        return GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off_diagonal)
 
     @torch.no_grad()
     def initialize(

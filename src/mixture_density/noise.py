@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixture_density._math import tril_from_packed
+
 __all__ = [
     "NoiseType",
     "ScaleParameters",
@@ -64,7 +66,6 @@ __all__ = [
     "precision_tril_from_raw",
     "scale_from_raw",
     "scale_parameters",
-    "tril_embedding",
 ]
 
 
@@ -262,34 +263,6 @@ def scale_from_raw(
     return bounded_scale(raw.unflatten(-1, shape), min_scale)
 
 
-def tril_embedding(dim_out: int, like: Tensor) -> Tensor:
-    """0/1 matrix that places the packed raw numbers of one component in a ``D x D`` matrix.
-
-    Row ``j`` has a single 1, at the flat position of the ``j``-th packed number: the ``D``
-    diagonal entries first, then the strictly lower triangle row by row
-    (``torch.tril_indices(D, D, -1)`` order). ``packed @ E`` is the lower-triangular matrix,
-    flattened; its upper triangle is exactly zero, and as a matrix product it runs as one
-    GEMM forward and one backward, far faster on CPU than index scatter/gather kernels.
-
-    Args:
-        dim_out: ``D``.
-        like: the matrix takes this tensor's dtype and device.
-
-    Returns:
-        ``(D * (D + 1) / 2, D * D)``.
-
-    Example:
-        >>> tril_embedding(2, torch.zeros(())).tolist()  # P_00, P_11, P_10 of a 2 x 2
-        [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]]
-    """
-    D = dim_out
-    rows, cols = torch.tril_indices(D, D, offset=-1, device=like.device)
-    diagonal = torch.arange(D, device=like.device) * (D + 1)
-    position = torch.cat([diagonal, rows * D + cols])  # (D (D + 1) / 2,)
-    embedding = like.new_zeros(D * (D + 1) // 2, D * D)
-    return embedding.scatter_(1, position.unsqueeze(-1), 1.0)
-
-
 def precision_tril_from_parts(
     diagonal_raw: Tensor, off_diagonal: Tensor, min_scale: float
 ) -> Tensor:
@@ -302,21 +275,17 @@ def precision_tril_from_parts(
 
     Returns:
         ``(*batch, K, D, D)``: ``P_ii = 1 / (softplus(raw_ii) + min_scale)``, the strictly
-        lower triangle from ``off_diagonal``, zeros above. A non-finite number spreads to its
-        whole matrix (``0 * inf`` in the embedding product).
+        lower triangle from ``off_diagonal``, zeros above.
 
     Example:
         >>> P = precision_tril_from_parts(torch.zeros(1, 2), torch.ones(1, 1), 1e-3)
         >>> [[round(v, 3) for v in row] for row in P[0].tolist()]
         [[1.441, 0.0], [1.0, 1.441]]
     """
-    D = diagonal_raw.shape[-1]
     # Elementwise work on contiguous numbers: softplus on a strided view (e.g. the diagonal
     # of a matrix) is an order of magnitude slower on CPU.
     diagonal = 1.0 / bounded_scale(diagonal_raw, min_scale)  # (*batch, K, D)
-    packed = torch.cat([diagonal, off_diagonal], dim=-1)  # (*batch, K, D (D + 1) / 2)
-    flat = packed @ tril_embedding(D, packed)  # (*batch, K, D * D)
-    return flat.unflatten(-1, (D, D))
+    return tril_from_packed(diagonal, off_diagonal)
 
 
 def precision_tril_from_raw(
@@ -325,7 +294,7 @@ def precision_tril_from_raw(
     """Lower Cholesky factor ``P`` of each component's precision, ``Sigma^-1 = P P^T``.
 
     Layout of the ``D * (D + 1) / 2`` raw numbers of one component (see
-    :func:`tril_embedding`): the first ``D`` give the diagonal,
+    :func:`mixture_density._math.tril_positions`): the first ``D`` give the diagonal,
     ``P_ii = 1 / (softplus(raw_i) + min_scale)``, so that ``1 / P_ii``, the standard deviation
     of ``y_i`` given ``y_{i+1:}``, is at least ``min_scale`` (see the module docstring for what
     this bounds); the remaining ``D * (D - 1) / 2`` fill the strictly lower triangle, row by
