@@ -173,3 +173,16 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     table = uci.format_markdown(rows).splitlines()
     assert len(table) == 2 + len(rows)  # header, rule, one line per (data set, method)
     assert any(line.startswith("| bostonHousing | ngboost (quick) | 0 |") for line in table)
+
+
+def test_target_note_flags_discrete_and_censored_targets() -> None:
+    rng = np.random.default_rng(8)
+    X = np.zeros((500, 1))
+
+    def note(y: np.ndarray) -> str | None:
+        return uci.target_note(uci.Dataset("toy", X, y, [], "standard", None))
+
+    assert note(rng.normal(size=500)) is None
+    assert "6 distinct" in (note(rng.integers(3, 9, 500).astype(float)) or "")
+    censored = np.minimum(rng.normal(20, 8, 500), 35.0)  # ~3% of rows at the cap
+    assert "(35)" in (note(censored) or "")
