@@ -43,7 +43,7 @@ aid that costs synchronizing checks, and each peer would pay it differently).
 Usage::
 
     python benchmarks/speed.py            # every section, D in {1, 8, 32}
-    python benchmarks/speed.py --quick    # tiny sizes, a few seconds (CI smoke test)
+    python benchmarks/speed.py --quick    # tiny sizes, ~10 s, no memory section (CI smoke)
     python benchmarks/speed.py --dims 8 32 --sections loss
 """
 
@@ -470,7 +470,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--n-draws", type=int, default=1_000_000)
     parser.add_argument("--epoch-rows", type=int, default=100_000)
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=list(SECTIONS),
+        help="default: all; with --quick all but memory (its fresh interpreters take seconds)",
+    )
     parser.add_argument("--min-reps", type=int, default=3)
     parser.add_argument("--row-seconds", type=float, default=60.0)
     parser.add_argument("--max-sample-gb", type=float, default=6.0)
@@ -488,6 +493,8 @@ def main(argv: list[str] | None = None) -> None:
         args.batch, args.reps, args.warmup, args.min_reps = 256, 3, 1, 1
         args.n_draws, args.epoch_rows, args.memory_dim = 10_000, 1_024, 4
         args.dims = [d for d in args.dims if d <= 8]
+    if args.sections is None:
+        args.sections = [name for name in SECTIONS if not (args.quick and name == "memory")]
     peers = ["ours"] + [
         p
         for p in args.peers

@@ -756,3 +756,66 @@ def test_full_sampler_paths_have_the_right_moments(
         prod = dev.unsqueeze(-1) * dev.unsqueeze(-2)  # (n, 2, 3, 3)
         se = prod.std(0) / math.sqrt(n)
         assert ((prod.mean(0) - gm.covariance_matrix).abs() <= 5 * se).all()
+
+
+@pytest.mark.parametrize("kind", ["diag", "precision", "packed"])
+def test_fused_kernels_gradcheck(kind: str) -> None:
+    """gradcheck and gradgradcheck of each fused autograd.Function itself.
+
+    GaussianMixture.log_prob takes the composite route for small problems, so the kernels
+    are checked here directly.
+    """
+    batch, K, D = (2,), 3, 3
+    _, _, diagonal, off = _packed(batch, K, D)
+    lg = torch.randn(*batch, K, dtype=torch.float64, requires_grad=True)
+    mu = torch.randn(*batch, K, D, dtype=torch.float64, requires_grad=True)
+    sample = () if kind == "packed" else (4,)  # the packed kernel takes no sample dims
+    y = torch.randn(*sample, *batch, D, dtype=torch.float64, requires_grad=True)
+    args: tuple[torch.Tensor, ...]
+    if kind == "diag":
+        scale = (torch.rand(*batch, K, D, dtype=torch.float64) + 0.5).requires_grad_()
+        fn: Callable[..., torch.Tensor] = _math.diag_mixture_log_prob
+        args = (y, lg, mu, scale)
+    elif kind == "precision":
+        P = _math.tril_from_packed(diagonal, off).requires_grad_()
+
+        def fn(
+            y: torch.Tensor, lg: torch.Tensor, mu: torch.Tensor, P: torch.Tensor
+        ) -> torch.Tensor:
+            return _math.precision_mixture_log_prob(y, lg, mu, P.tril())
+
+        args = (y, lg, mu, P)
+    else:
+        fn = _math.packed_precision_mixture_log_prob
+        args = (y, lg, mu, diagonal.requires_grad_(), off.requires_grad_())
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "packed"])
+def test_large_problems_take_the_fused_kernels(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the size threshold log_prob runs the fused kernels; values still match torch."""
+    name = "diag_mixture_log_prob" if kind == "diagonal" else "packed_precision_mixture_log_prob"
+    calls = []
+    kernel = getattr(_math, name)
+
+    def spy(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(name)
+        return kernel(*args)
+
+    monkeypatch.setattr(_math, name, spy)
+    batch, K, D = (4000,), 3, 3  # 4000 * K * D = 36000 residuals, above _FUSED_MIN_NUMEL
+    logits = torch.randn(*batch, K, dtype=torch.float64)
+    loc = torch.randn(*batch, K, D, dtype=torch.float64)
+    if kind == "diagonal":
+        scale = torch.rand(*batch, K, D, dtype=torch.float64) + 0.5
+        gm = GaussianMixture(logits, loc, scale=scale)
+        comp: torch.distributions.Distribution = Independent(Normal(loc, scale), 1)
+    else:
+        _, cov, diagonal, off = _packed(batch, K, D)
+        gm = GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off)
+        comp = MultivariateNormal(loc, covariance_matrix=cov)
+    ref = MixtureSameFamily(Categorical(logits=logits), comp)
+    y = torch.randn(*batch, D, dtype=torch.float64)
+    torch.testing.assert_close(gm.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
+    assert calls == [name]

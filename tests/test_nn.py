@@ -424,15 +424,21 @@ def test_full_head_packed_path_matches_dense_factor(batch: tuple[int, ...]) -> N
         torch.testing.assert_close(g_packed, g_dense, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("noise_type", ["diagonal", "isotropic", "fixed"])
-def test_small_and_large_batches_give_the_same_mixture(noise_type: str) -> None:
-    """The one-GEMM path (small batches) and the per-block GEMMs (large) agree."""
-    head = _make_head(noise_type, K=3, D=2, in_features=64).double()
+@pytest.mark.parametrize("D", [1, 3])
+@pytest.mark.parametrize("noise_type", ["diagonal", "isotropic", "fixed", "full"])
+def test_small_and_large_batches_give_the_same_mixture(noise_type: str, D: int) -> None:
+    """The one-GEMM path (small batches) and the per-block or transposed GEMMs agree."""
+    torch.manual_seed(0)
+    head = _make_head(noise_type, K=3, D=D, in_features=64).double()
+    with torch.no_grad():
+        head.linear.weight.normal_(0.0, 0.1)
     h = torch.randn(1100, 64, dtype=torch.float64)  # 1100 * 64 numbers: above the threshold
     large = head(h)
     small = [head(chunk) for chunk in h.split(100)]
     torch.testing.assert_close(large.logits, torch.cat([m.logits for m in small]))
     torch.testing.assert_close(large.loc, torch.cat([m.loc for m in small]))
+    torch.testing.assert_close(large.precision_tril, torch.cat([m.precision_tril for m in small]))
+    y = torch.randn(1100, D, dtype=torch.float64)
     torch.testing.assert_close(
-        large.component_stddev, torch.cat([m.component_stddev for m in small])
+        large.log_prob(y), torch.cat([m.log_prob(yc) for m, yc in zip(small, y.split(100))])
     )

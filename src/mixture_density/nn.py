@@ -171,12 +171,16 @@ class MixtureDensityHead(nn.Module):
         # kernels downstream need (softplus on a strided slice is ~8x slower on CPU), and the
         # backward does not zero-fill the whole output once per slice.
         weight, bias = self.linear.weight, self.linear.bias  # (K + K D + S, H), (K + K D + S,)
-        if self.noise_type is NoiseType.FULL:
+        full = self.noise_type is NoiseType.FULL
+        if full and D > 1 and h.numel() > _ONE_GEMM_MAX_INPUTS:
             return self._full_mixture(h, weight, bias)
         if h.numel() <= _ONE_GEMM_MAX_INPUTS:
             # Small batches: kernel and autograd-node count dominate, so one GEMM and views.
             raw = F.linear(h, weight, bias)  # (*batch, K + K D + S)
-            logits, loc, scale_raw = self._split(raw)
+            # split, not slices: its backward is one concatenation instead of a zero-filled
+            # full-size gradient per slice.
+            logits, loc, scale_raw = raw.split([K, K * D, self.n_scale_outputs], -1)
+            loc = loc.unflatten(-1, (K, D))  # (*batch, K, D)
         else:
             logits = F.linear(h, weight[:K], bias[:K])  # (*batch, K)
             rows = slice(K, K + K * D)
@@ -184,6 +188,13 @@ class MixtureDensityHead(nn.Module):
             # FIXED has no scale rows: the empty (*batch, 0) output only carries the batch
             # shape, dtype and device.
             scale_raw = F.linear(h, weight[K + K * D :], bias[K + K * D :])  # (*batch, S)
+        if full:
+            # Small batches, or D == 1 (the packed factor is the diagonal alone).
+            packed = scale_raw.unflatten(-1, (K, -1))  # (*batch, K, D (D + 1) / 2)
+            diagonal = bounded_scale(packed[..., :D], self.min_scale).reciprocal()
+            return GaussianMixture.from_packed_precision_tril(
+                logits, loc, diagonal, packed[..., D:]
+            )
         params = scale_parameters(
             self.noise_type, scale_raw, K, D, self.min_scale, fixed_scale=self.fixed_scale
         )
