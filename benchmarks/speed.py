@@ -96,7 +96,7 @@ class Settings:
     device: torch.device
     peers: list[str]
     min_reps: int = 3
-    row_seconds: float = 60.0
+    row_seconds: float = 40.0
     max_sample_gb: float = 6.0
     memory_dim: int = 32
 
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
         help="default: all; with --quick all but memory (its fresh interpreters take seconds)",
     )
     parser.add_argument("--min-reps", type=int, default=3)
-    parser.add_argument("--row-seconds", type=float, default=60.0)
+    parser.add_argument("--row-seconds", type=float, default=40.0)
     parser.add_argument("--max-sample-gb", type=float, default=6.0)
     parser.add_argument("--memory-dim", type=int, default=32)
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)

@@ -215,7 +215,7 @@ class MixtureDensityHead(nn.Module):
         # The bias rides along as one more weight column against a row of ones: the GEMM
         # adds it without a separate pass over its (at D = 32, 160 MB) output, and the
         # weight-gradient GEMM returns its gradient.
-        h_aug = torch.cat([h2.T, h2.new_ones(1, n)])  # (H + 1, N)
+        h_aug = torch.cat([h2, h2.new_ones(n, 1)], 1).T  # (H + 1, N), a transposed view
         logits = F.linear(h, weight[:K], bias[:K])  # (*batch, K)
 
         def rows_t(w: Tensor, b: Tensor) -> Tensor:
