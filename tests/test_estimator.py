@@ -12,9 +12,11 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from mixture_density._ensemble import _Stacked, fit_members
 from mixture_density._errors import MixtureDensityError
 from mixture_density.cli import inverse_problem_data, true_conditional_log_prob
 from mixture_density.estimator import MDNRegressor
+from mixture_density.nn import MixtureDensityNetwork
 
 # Small, fast settings for fits whose quality does not matter.
 FAST = {"hidden_dims": (16,), "epochs": 15, "batch_size": 64}
@@ -37,7 +39,8 @@ def data_1d() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted_1d(data_1d: tuple[np.ndarray, np.ndarray]) -> MDNRegressor:
     X, y = data_1d
-    return MDNRegressor(n_components=3, random_state=0, **FAST).fit(X, y)
+    # One network: the unit tests below compare against it directly (ensembles: see below).
+    return MDNRegressor(n_components=3, n_estimators=1, random_state=0, **FAST).fit(X, y)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,9 @@ def fitted_2d(
     request: pytest.FixtureRequest, data_2d: tuple[np.ndarray, np.ndarray]
 ) -> MDNRegressor:
     X, Y = data_2d
-    return MDNRegressor(n_components=2, noise_type=request.param, random_state=0, **FAST).fit(X, Y)
+    return MDNRegressor(
+        n_components=2, n_estimators=1, noise_type=request.param, random_state=0, **FAST
+    ).fit(X, Y)
 
 
 def standardized_log_prob(
@@ -192,8 +197,15 @@ def test_interval_coverage_is_roughly_nominal() -> None:
     # the 50% interval is ~0.7 here).
     X, y, _ = heteroscedastic(2000, seed=3)
     X_test, y_test, _ = heteroscedastic(4000, seed=4)
+    # One network: an ensemble's average density is deliberately a little wider (0.54 at
+    # the 50% level here).
     model = MDNRegressor(
-        n_components=2, hidden_dims=(32, 32), epochs=150, noise_regularization=None, random_state=0
+        n_components=2,
+        n_estimators=1,
+        hidden_dims=(32, 32),
+        epochs=150,
+        noise_regularization=None,
+        random_state=0,
     )
     model.fit(X, y)
     for level in (0.5, 0.9):
@@ -282,6 +294,83 @@ def test_ensemble_is_one_mixture_of_the_members(data_2d: tuple[np.ndarray, np.nd
         expected = np.logaddexp.reduce(members, axis=0) - math.log(3) - np.log(model.y_scale_).sum()
         np.testing.assert_allclose(model.log_prob(X[:50], Y[:50]), expected, atol=1e-4)
         assert not np.allclose(members[0], members[1])  # the members differ
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "full", "isotropic", "fixed"])
+def test_stacked_members_compute_what_each_member_computes(noise_type: str) -> None:
+    # The batched model must be M ordinary networks side by side: same log-density per
+    # member (float64, so any reshuffled weight shows up), and a gradient of the summed loss
+    # on member m's slice that is exactly member m's own gradient (no coupling).
+    torch.manual_seed(0)
+    fixed = 0.3 if noise_type == "fixed" else None
+    members = [
+        MixtureDensityNetwork(
+            3, 2, 2, hidden_dims=(5, 4), noise_type=noise_type, fixed_noise_level=fixed
+        ).double()
+        for _ in range(3)
+    ]
+    stacked = _Stacked(members)
+    x = torch.randn(3, 7, 3, dtype=torch.float64)  # (M, B, d): each member its own rows
+    y = torch.randn(3, 7, 2, dtype=torch.float64)
+    lp = stacked(x).log_prob(y)  # (M, B)
+    assert lp.shape == (3, 7)
+    lp.sum().backward()
+    for m, member in enumerate(members):
+        own = member(x[m]).log_prob(y[m])  # (B,)
+        torch.testing.assert_close(lp[m], own, rtol=1e-12, atol=1e-12)
+        own.sum().backward()
+        first = next(iter(member.backbone.children()))
+        assert isinstance(first, torch.nn.Linear) and first.weight.grad is not None
+        grad = stacked.weights[0].grad
+        assert grad is not None
+        torch.testing.assert_close(grad[m], first.weight.grad, rtol=1e-10, atol=1e-12)
+    shared = stacked(x[0]).log_prob(y[0])  # (B, d) inputs are shared by all members
+    torch.testing.assert_close(shared[1], members[1](x[0]).log_prob(y[0]), rtol=1e-12, atol=0)
+
+
+def test_batched_members_keep_the_best_mixture_epoch() -> None:
+    X, y, _ = heteroscedastic(240, seed=3)
+    Xt = torch.as_tensor(X, dtype=torch.float32)
+    Yt = torch.as_tensor(y[:, None], dtype=torch.float32)
+    torch.manual_seed(1)
+    members = [MixtureDensityNetwork(1, 1, 2, hidden_dims=(16,)) for _ in range(3)]
+    results = fit_members(
+        members,
+        (Xt[:200], Yt[:200]),
+        (Xt[200:], Yt[200:]),
+        epochs=60,
+        batch_size=32,
+        lr=1e-2,
+        weight_decay=0.0,
+        patience=5,
+        noise_regularization=None,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    assert len(results) == 3
+    history = results[0].history
+    mixture = [r["val_nll_mixture"] for r in history]
+    best = int(np.argmin(mixture)) + 1
+    assert results[0].stop_reason == "early_stopping" and results[0].epochs_run == best + 5
+    with torch.no_grad():
+        lp = torch.stack([m(Xt[200:]).log_prob(Yt[200:]) for m in members]).double()  # (M, n)
+    # The members hold the weights of the epoch with the best combined validation NLL.
+    held = -float((torch.logsumexp(lp, 0) - math.log(3)).mean())
+    assert held == pytest.approx(min(mixture), abs=1e-5)
+    for m, result in enumerate(results):
+        assert result.best_epoch == best
+        assert result.best_val_nll == pytest.approx(-float(lp[m].mean()), abs=1e-5)
+        assert result.best_val_nll == result.history[best - 1]["val_nll"]
+    # The members differ (own initializations, minibatch orders).
+    assert len({round(r.best_val_nll, 6) for r in results}) == 3
+
+
+def test_ensemble_fit_is_reproducible(data_1d: tuple[np.ndarray, np.ndarray]) -> None:
+    X, y = data_1d
+    a = MDNRegressor(n_components=2, n_estimators=3, random_state=5, **FAST).fit(X, y)
+    b = MDNRegressor(n_components=2, n_estimators=3, random_state=5, **FAST).fit(X, y)
+    np.testing.assert_array_equal(a.log_prob(X, y), b.log_prob(X, y))
+    assert [r.best_epoch for r in a.fit_results_] == [r.best_epoch for r in b.fit_results_]
 
 
 # ------------------------------------------------------------------------------ persistence
