@@ -82,6 +82,13 @@ def main() -> None:
         {"state": m.state_dict(), "history": result.history, "best_epoch": result.best_epoch},
         os.path.join(out, f"rank{rank}.pt"),
     )
+    # torch 2.13 (CPU, gloo): a process that used DDP sometimes aborts during interpreter
+    # shutdown ("terminate called without an active exception") after destroy_process_group
+    # has returned; a bare DDP script shows it too (about 1 run in 10 here). fit is done and
+    # the results are on disk, so skip that shutdown rather than make the test flaky.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
