@@ -1,7 +1,8 @@
 """mixture-density: mixture density networks on PyTorch.
 
 The core (``GaussianMixture``, ``NoiseType``, ``MixtureDensityHead``,
-``MixtureDensityNetwork``, ``fit``) needs only torch and numpy and is imported eagerly.
+``MixtureDensityNetwork``, ``fit``, and the streaming helpers ``CSVChunkDataset`` and
+``streaming_moments``) needs only torch and numpy and is imported eagerly.
 ``MDNRegressor`` needs scikit-learn and is resolved lazily on first access, so importing the
 package never imports scikit-learn or matplotlib.
 """
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from ._data import CSVChunkDataset, Moments, streaming_moments
 from .distribution import GaussianMixture
 from .nn import MixtureDensityHead, MixtureDensityNetwork
 from .noise import NoiseType
@@ -22,14 +24,17 @@ if TYPE_CHECKING:
     from .estimator import MDNRegressor
 
 __all__ = [
+    "CSVChunkDataset",
     "FitResult",
     "GaussianMixture",
     "MDNRegressor",
     "MixtureDensityHead",
     "MixtureDensityNetwork",
+    "Moments",
     "NoiseType",
     "__version__",
     "fit",
+    "streaming_moments",
 ]
 
 
