@@ -819,3 +819,19 @@ def test_large_problems_take_the_fused_kernels(kind: str, monkeypatch: pytest.Mo
     y = torch.randn(*batch, D, dtype=torch.float64)
     torch.testing.assert_close(gm.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
     assert calls == [name]
+
+
+def test_multinomial_counts_moments() -> None:
+    """Conditional-binomial counts: sum to n, zero weights get nothing, multinomial moments."""
+    from mixture_density.distribution import _multinomial_counts
+
+    torch.manual_seed(0)
+    p = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    n, reps = 1000, 4000
+    c = torch.stack([_multinomial_counts(p, n) for _ in range(reps)]).double()  # (reps, 2, 4)
+    assert (c.sum(-1) == n).all()
+    assert (c[..., p == 0] == 0).all()
+    mean, var = n * p, n * p * (1 - p)
+    # Mean within 5 standard errors; variance within 5 (approximate) standard errors.
+    assert ((c.mean(0) - mean).abs() <= 5 * (var / reps).sqrt() + 1e-12).all()
+    assert ((c.var(0) - var).abs() <= 5 * var * math.sqrt(2 / reps) + 1e-12).all()

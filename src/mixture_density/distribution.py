@@ -99,6 +99,25 @@ def _upper_nonzero(f: Tensor) -> bool:
     return bool((f.reshape(-1, D * D) @ weights).any())
 
 
+def _multinomial_counts(probs: Tensor, n: int) -> Tensor:
+    """One ``Multinomial(n, probs)`` draw per row: (R, K) -> (R, K) int64 counts.
+
+    Conditional binomials in float64: ``n_k ~ Bin(remaining, pi_k / (pi_k + ... + pi_K))``;
+    the ratio is clamped to ``[0, 1]`` (rounding can push it past 1, and a zero tail gives
+    0 / 0) and the last component takes whatever remains, so the counts always sum to ``n``.
+    """
+    p = probs.to(torch.float64)
+    tail = p.flip(-1).cumsum(-1).flip(-1)  # (R, K): pi_k + ... + pi_K
+    remaining = torch.full_like(p[:, 0], float(n))
+    counts = torch.empty_like(p)
+    for k in range(p.shape[-1] - 1):
+        ratio = torch.nan_to_num(p[:, k] / tail[:, k], nan=0.0).clamp(0.0, 1.0)
+        counts[:, k] = torch.binomial(remaining, ratio)
+        remaining = remaining - counts[:, k]
+    counts[:, -1] = remaining
+    return counts.round().long()
+
+
 class GaussianMixture(Distribution):
     r"""Mixture of ``K`` Gaussians on ``R^D`` per batch element.
 
@@ -607,6 +626,9 @@ class GaussianMixture(Distribution):
         The component index comes from :func:`torch.multinomial` on the weights, which
         normalizes them itself, so an index is always in ``[0, K)`` even when the float
         weights sum to slightly less than one. The draw uses the same factor as the density.
+        Full-covariance mixtures with at most ``SAMPLE_MAX_GROUPS`` (batch element,
+        component) pairs draw the per-component counts instead, transform each component's
+        block with one matrix product and shuffle (see ``_sample_by_component``).
 
         Args:
             sample_shape: leading shape of the draws.
@@ -619,6 +641,8 @@ class GaussianMixture(Distribution):
         n = sample_shape.numel()
         with torch.no_grad():
             probs = self.probs.reshape(-1, K)  # (prod B, K)
+            if self._kind != "scale" and B.numel() * K <= SAMPLE_MAX_GROUPS and n > 1:
+                return self._sample_by_component(probs, sample_shape)
             idx = torch.multinomial(probs, n, replacement=True)  # (prod B, n)
             idx = idx.T.reshape(sample_shape + B)  # (*S, *B)
             full = sample_shape + B + (K, D)
@@ -629,8 +653,6 @@ class GaussianMixture(Distribution):
                 assert self.scale is not None
                 s = self.scale.expand(full).gather(-2, gidx).squeeze(-2)
                 return loc + s * eps
-            if B.numel() * K <= SAMPLE_MAX_GROUPS and n > 1:
-                return loc + self._grouped_noise(idx, eps)
             fidx = idx[..., None, None, None].expand(sample_shape + B + (1, D, D))
             F = self._factor.expand((*full, D)).gather(-3, fidx).squeeze(-3)  # (*S,*B,D,D)
             if self._kind == "scale_tril":
@@ -639,22 +661,29 @@ class GaussianMixture(Distribution):
             x = torch.linalg.solve_triangular(F.transpose(-1, -2), eps.unsqueeze(-1), upper=True)
             return loc + x.squeeze(-1)
 
-    def _grouped_noise(self, idx: Tensor, eps: Tensor) -> Tensor:
-        """``A_k eps`` for each draw, ``A_k A_k^T = Sigma_k``, one GEMM per (batch, component).
+    def _sample_by_component(self, probs: Tensor, sample_shape: torch.Size) -> Tensor:
+        """Full-covariance draws generated component by component, then shuffled.
 
-        Draws are sorted by (batch element, component) so that each group's transform is a
-        single matrix product, instead of gathering a ``D x D`` factor per draw (4 GB for
-        10^6 draws at D = 32) and solving a batch of tiny triangular systems.
+        How many of the ``n`` draws of a batch element fall in each component is one
+        multinomial draw, made as ``K - 1`` conditional binomials
+        (``n_k ~ Bin(n - n_1 - ... - n_{k-1}, pi_k / (pi_k + ... + pi_K))``), which costs
+        ``O(K)`` rather than a categorical draw per sample. The draws of component ``k`` are
+        then ``mu_k + A_k eps`` with
+        ``A_k A_k^T = Sigma_k``: one GEMM per (batch element, component) on a contiguous block,
+        with no ``D x D`` factor gathered per draw (4 GB for 10^6 draws at D = 32) and no
+        per-draw triangular solve. A uniformly random permutation of the blocks' rows then
+        makes the sequence i.i.d. from the mixture (given the counts, every order of the
+        component labels is equally likely).
 
         Args:
-            idx: (*S, *B) component index of each draw.
-            eps: (*S, *B, D) standard normal draws.
+            probs: (prod B, K) mixture weights.
+            sample_shape: ``(*S)``.
 
         Returns:
             (*S, *B, D).
         """
         K, D = self.n_components, self.event_shape[0]
-        n_batch = self.batch_shape.numel()
+        n_batch, n = probs.shape[0], sample_shape.numel()
         if self._kind == "scale_tril":
             A = self._factor.expand((*self._loc.shape, D))
         else:
@@ -662,19 +691,23 @@ class GaussianMixture(Distribution):
             P = self._factor.expand((*self._loc.shape, D))
             eye = torch.eye(D, dtype=P.dtype, device=P.device)
             A = torch.linalg.solve_triangular(P.transpose(-1, -2), eye, upper=True)
-        A = A.reshape(n_batch * K, D, D)  # (prod B * K, D, D)
-        group = idx.reshape(-1, n_batch) + torch.arange(n_batch, device=idx.device) * K
-        group = group.reshape(-1)  # (n * prod B,) flat (batch element, component) id
-        order = torch.argsort(group)
-        counts = torch.bincount(group, minlength=n_batch * K).tolist()
-        e = eps.reshape(-1, D)[order]  # (n * prod B, D), grouped
-        out = torch.empty_like(e)
-        start = 0
-        for g, c in enumerate(counts):
-            if c:
-                torch.mm(e[start : start + c], A[g].T, out=out[start : start + c])
-                start += c
-        return torch.empty_like(out).index_copy_(0, order, out).reshape(eps.shape)
+        A = A.reshape(n_batch, K, D, D)
+        loc = self._loc.reshape(n_batch, K, D)
+        counts = _multinomial_counts(probs, n).reshape(-1).tolist()  # (prod B * K,)
+        eps = torch.randn(n_batch, n, D, dtype=self.dtype, device=loc.device)
+        out = torch.empty(n, n_batch, D, dtype=self.dtype, device=loc.device)
+        draws = torch.empty(n, D, dtype=self.dtype, device=loc.device)
+        for b in range(n_batch):
+            start = 0
+            for k in range(K):
+                c = counts[b * K + k]
+                if c:
+                    rows = slice(start, start + c)
+                    torch.addmm(loc[b, k], eps[b, rows], A[b, k].T, out=draws[rows])
+                    start += c
+            perm = torch.randperm(n, device=loc.device)
+            out[:, b] = draws.index_select(0, perm)
+        return out.reshape(sample_shape + self.batch_shape + (D,))
 
     # ------------------------------------------------------------------ 1-D functions
 
