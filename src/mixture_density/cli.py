@@ -4,12 +4,17 @@ Usage::
 
     mdn demo [--out mdn-demo.png] [--seed S] [--quick]
     mdn fit DATA.csv --target COL [COL ...] [--features COL ...] --out MODEL
+            [--stream] [--memory-budget MB] [--chunk-rows N] [--val-rows N]
+    torchrun --nproc-per-node N -m mixture_density fit ...   (data-parallel, rank 0 writes)
     mdn predict MODEL DATA.csv [--quantiles 0.05 0.5 0.95] [--samples N] [--output OUT.csv]
     mdn evaluate MODEL DATA.csv [--plot calibration.png]
 
 User errors (missing file or column, non-numeric or missing cells, a model that does not fit the
 data, bad arguments) print one line ``mdn: error: ...`` on stderr and exit with status 2. Output
 files are written to a temporary file and renamed, so a failure never leaves half a file.
+Files larger than ``--memory-budget`` (or any file with ``--stream``) are streamed from disk
+by ``_streaming``; under ``torchrun`` every rank reads the data and rank 0 alone reports and
+writes the model (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
@@ -37,6 +42,16 @@ __all__ = ["main"]
 
 #: Exit status for user errors (bad input or arguments), as argparse uses.
 EXIT_USAGE = 2
+#: Exit status when training fails for another reason (a dead peer under torchrun).
+EXIT_FAILURE = 1
+
+#: ``--memory-budget`` counts in MB of 2**20 bytes.
+_MIB = 1 << 20
+#: Files larger than this many MB are streamed by default. Reading a CSV into memory takes
+#: about six times its size (the text of every cell, then the float arrays: 200 MB above the
+#: libraries' own for a 35 MB file of 300,000 rows x 6 columns), so this default keeps the
+#: in-memory path near 3 GB; streaming costs a parse of the file in every epoch.
+_DEFAULT_MEMORY_BUDGET_MB = 512.0
 
 # The demo: Bishop's inverse problem. Forward map y -> x is single valued, but x -> y has up
 # to five branches, so the conditional mean is a poor summary and a unimodal model fails.
@@ -113,9 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(threads)  # main() may be called in-process: restore
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"mdn: error: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_USAGE
+    return code
 
 
 def _build_parser() -> _Parser:
@@ -200,6 +215,35 @@ def _build_parser() -> _Parser:
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
+    fit.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the CSV from disk in chunks in every epoch instead of into memory "
+        "(automatic for files larger than --memory-budget)",
+    )
+    fit.add_argument(
+        "--memory-budget",
+        type=_positive_float,
+        default=_DEFAULT_MEMORY_BUDGET_MB,
+        metavar="MB",
+        help="stream files larger than this (default: %(default)g; in memory a CSV takes "
+        "about 6 times its size)",
+    )
+    fit.add_argument(
+        "--chunk-rows",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="rows parsed at a time when streaming (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--val-rows",
+        type=_nonnegative_int,
+        default=None,
+        metavar="N",
+        help="when streaming: hold out the first N rows for validation and early stopping "
+        "(default: 10%% of the rows, at most 10000; 0: none)",
+    )
     fit.set_defaults(handler=_cmd_fit)
 
     predict = sub.add_parser("predict", help="predict means, quantiles and samples for a CSV file")
@@ -246,6 +290,13 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -260,6 +311,36 @@ def _probability(text: str) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
+def _parse_header(path: str, header: list[str] | None) -> list[str]:
+    """Column names of a CSV header row; empty or repeated names are errors."""
+    if header is None:
+        raise MixtureDensityError(f"{path}: empty file, expected a header row")
+    names = [name.strip() for name in header]
+    seen = set()
+    for name in names:
+        if not name:
+            raise MixtureDensityError(f"{path}: the header has an empty column name")
+        if name in seen:
+            raise MixtureDensityError(f"{path}: column {name!r} appears twice in the header")
+        seen.add(name)
+    return names
+
+
+def _read_header(path: str) -> list[str]:
+    """The header of a CSV file, without reading the rest (for streamed fits)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return _parse_header(path, next(csv.reader(fh), None))
+
+
+def _require_columns(path: str, header: Sequence[str], names: Sequence[str], what: str) -> None:
+    missing = [name for name in names if name not in header]
+    if missing:
+        raise MixtureDensityError(
+            f"{path}: {what} column(s) {', '.join(map(repr, missing))} not found "
+            f"(columns: {', '.join(header)})"
+        )
+
+
 class _Table:
     """A CSV file read as text: header plus rows, with the line number of each row."""
 
@@ -267,19 +348,7 @@ class _Table:
         self.path = path
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise MixtureDensityError(f"{path}: empty file, expected a header row")
-            self.header = [name.strip() for name in header]
-            seen = set()
-            for name in self.header:
-                if not name:
-                    raise MixtureDensityError(f"{path}: the header has an empty column name")
-                if name in seen:
-                    raise MixtureDensityError(
-                        f"{path}: column {name!r} appears twice in the header"
-                    )
-                seen.add(name)
+            self.header = _parse_header(path, next(reader, None))
             self.lines: list[int] = []
             self.rows: list[list[str]] = []
             for row in reader:
@@ -296,12 +365,7 @@ class _Table:
             raise MixtureDensityError(f"{path}: no data rows after the header")
 
     def require(self, names: Sequence[str], what: str) -> None:
-        missing = [name for name in names if name not in self.header]
-        if missing:
-            raise MixtureDensityError(
-                f"{self.path}: {what} column(s) {', '.join(map(repr, missing))} not found "
-                f"(columns: {', '.join(self.header)})"
-            )
+        _require_columns(self.path, self.header, names, what)
 
     def numeric(self, names: Sequence[str], what: str) -> np.ndarray:
         """``(n_rows, len(names))`` float64 array; every cell must be a finite number."""
@@ -366,22 +430,20 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .estimator import DEFAULTS, MDNRegressor
 
     _check_output_path(args.out)
-    table = _Table(args.data)
-    targets = list(dict.fromkeys(args.target))
-    table.require(targets, "target")
-    if args.features:
-        features = list(dict.fromkeys(args.features))
-        overlap = sorted(set(features) & set(targets))
-        if overlap:
-            raise MixtureDensityError(
-                f"column(s) {', '.join(map(repr, overlap))} are both feature and target"
-            )
-    else:
-        features = [name for name in table.header if name not in targets]
-        if not features:
-            raise MixtureDensityError(f"{args.data}: no feature columns left after the targets")
-    X = table.numeric(features, "feature")
-    y = table.numeric(targets, "target")
+    world = _world_size()
+    size = os.path.getsize(args.data)
+    stream = args.stream or size > args.memory_budget * _MIB
+    if args.val_rows is not None and not stream:
+        raise MixtureDensityError(
+            "--val-rows applies to streamed fits (--stream, or a file larger than "
+            "--memory-budget); in memory, a random 10% of the rows is held out"
+        )
+    if (stream or world > 1) and args.estimators > 1:
+        raise MixtureDensityError(
+            f"--estimators {args.estimators} needs the whole data set in one process (the "
+            "networks are trained as one batched model); use --estimators 1 with --stream, "
+            "--memory-budget or torchrun"
+        )
     model = MDNRegressor(
         n_components=args.components,
         hidden_dims=tuple(args.hidden),
@@ -391,22 +453,183 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         verbose=not args.quiet,
         random_state=args.seed,
     )
-    start = time.perf_counter()
-    model.fit(X, y[:, 0] if len(targets) == 1 else y)
-    seconds = time.perf_counter() - start
-    model.save(args.out, metadata={"features": features, "targets": targets})
-    result = model.fit_results_[0]
-    print(
-        f"trained on {X.shape[0]} rows ({len(features)} features -> {len(targets)} targets), "
-        f"K={args.components}, {args.noise}, {result.epochs_run} epochs ({result.stop_reason}) "
-        f"in {seconds:.1f} s"
-    )
-    if math.isnan(model.val_nll_):
-        print("validation NLL: n/a (too few rows to hold out)")
+    model._check_params()  # bad hyperparameters fail before the data are read
+    is_main = _rank() == 0
+    train: Callable[[], MDNRegressor]
+    if stream:
+        from ._streaming import fit_streamed, scan_csv
+
+        features, targets = _fit_columns(args, _read_header(args.data))
+        if is_main:
+            reason = (
+                "--stream"
+                if args.stream
+                else f"larger than --memory-budget {args.memory_budget:g} MB"
+            )
+            print(
+                f"streaming {args.data} ({size / _MIB:.3g} MB, {reason}) in chunks of "
+                f"{args.chunk_rows} rows"
+            )
+        data = scan_csv(
+            args.data, features, targets, chunk_rows=args.chunk_rows, val_rows=args.val_rows
+        )
+        n_rows, streamed = data.n_rows, data
+
+        def train() -> MDNRegressor:
+            return fit_streamed(model, data)
+
     else:
-        print(f"validation NLL: {model.val_nll_:.4f} nats per row")
-    print(f"wrote {args.out}")
-    return 0
+        from ._streaming import fit_arrays
+
+        table = _Table(args.data)
+        features, targets = _fit_columns(args, table.header)
+        X = table.numeric(features, "feature")
+        y = table.numeric(targets, "target")
+        del table  # the text of every cell: several times the size of X and y
+        Y = y[:, 0] if len(targets) == 1 else y
+        n_rows, streamed = X.shape[0], None
+
+        def train() -> MDNRegressor:
+            # MDNRegressor.fit trains in this process only; fit_arrays is the same fit with
+            # DDP, for torchrun.
+            return fit_arrays(model, X, Y) if world > 1 else model.fit(X, Y)
+
+    start = time.perf_counter()
+
+    def finish(fitted: MDNRegressor) -> None:
+        seconds = time.perf_counter() - start
+        metadata: dict[str, Any] = {"features": features, "targets": targets}
+        if streamed is not None:
+            metadata["streamed"] = {
+                "rows": streamed.n_rows,
+                "val_rows": streamed.n_val,
+                "chunk_rows": streamed.chunk_rows,
+            }
+        fitted.save(args.out, metadata=metadata)
+        result = fitted.fit_results_[0]
+        where = f" on {world} processes" if world > 1 else ""
+        print(
+            f"trained on {n_rows} rows ({len(features)} features -> {len(targets)} targets)"
+            f"{where}, K={args.components}, {args.noise}, {result.epochs_run} epochs "
+            f"({result.stop_reason}) in {seconds:.1f} s"
+        )
+        if math.isnan(fitted.val_nll_):
+            why = "--val-rows 0" if streamed is not None else "too few rows to hold out"
+            print(f"validation NLL: n/a ({why})")
+        elif streamed is not None:
+            print(
+                f"validation NLL: {fitted.val_nll_:.4f} nats per row "
+                f"(the first {streamed.n_val} rows of the file)"
+            )
+        else:
+            print(f"validation NLL: {fitted.val_nll_:.4f} nats per row")
+        print(f"wrote {args.out}")
+
+    if world <= 1:
+        finish(train())
+        return 0
+    return _fit_distributed(train, finish)
+
+
+def _fit_columns(args: argparse.Namespace, header: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(features, targets)`` of ``mdn fit``: named, or every non-target column."""
+    targets = list(dict.fromkeys(args.target))
+    _require_columns(args.data, header, targets, "target")
+    if args.features:
+        features = list(dict.fromkeys(args.features))
+        overlap = sorted(set(features) & set(targets))
+        if overlap:
+            raise MixtureDensityError(
+                f"column(s) {', '.join(map(repr, overlap))} are both feature and target"
+            )
+        _require_columns(args.data, header, features, "feature")
+    else:
+        features = [name for name in header if name not in targets]
+        if not features:
+            raise MixtureDensityError(f"{args.data}: no feature columns left after the targets")
+    return features, targets
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun: one rank of a data-parallel fit
+# ----------------------------------------------------------------------------------------------
+
+
+def _world_size() -> int:
+    """Processes in the job, from the ``WORLD_SIZE`` that ``torchrun`` sets (1 without it)."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise MixtureDensityError(f"WORLD_SIZE must be an integer, got {raw!r}") from None
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise MixtureDensityError(f"RANK must be an integer, got {os.environ['RANK']!r}") from None
+
+
+def _fit_distributed(
+    train: Callable[[], MDNRegressor], finish: Callable[[MDNRegressor], None]
+) -> int:
+    """Runs ``train`` as one rank of a ``torchrun`` job; rank 0 then runs ``finish``.
+
+    The data have been read and checked on every rank before this, so a bad file fails on
+    every rank alike, before any rank waits for another. Training runs under DDP in a
+    process group made here (gloo: the command trains on the CPU), which outlives
+    :func:`~mixture_density.training.fit` so that a final all-reduce can (1) hold every
+    rank until rank 0 has written the model and (2) give every rank rank 0's outcome as
+    its exit status. A rank that fails prints one line and exits non-zero: 2 for a user
+    error, 1 when training itself failed (a dead or stalled peer: fit raises after
+    ``MIXTURE_DENSITY_DIST_TIMEOUT`` seconds at the latest, naming the rank).
+
+    Returns:
+        The exit status, only when the process group existed before (``main`` called from
+        a program of the caller's that set it up); otherwise the process ends here.
+    """
+    import torch.distributed as dist
+
+    from . import _distributed
+
+    try:
+        ctx = _distributed.setup(None, use_cuda=False)
+    except RuntimeError as err:  # rendezvous failed: a peer never came, or the store is gone
+        return _fail(f"could not join the torchrun job: {err}", EXIT_FAILURE)
+    code, trained = 0, False
+    try:
+        fitted = train()
+        trained = True
+        if ctx.is_main:
+            finish(fitted)
+    except (MixtureDensityError, OSError, ValueError) as err:
+        code = _fail(str(err))
+    except RuntimeError as err:  # fit's "fit failed on rank R of W ..." after a peer's failure
+        code = _fail(str(err), EXIT_FAILURE)
+    if trained:  # the peers are alive (training's last collective passed): compare outcomes
+        import torch
+
+        status = torch.tensor([code], dtype=torch.int64)
+        try:
+            dist.all_reduce(status, op=dist.ReduceOp.MAX)
+            if int(status) and not code:
+                code = _fail("rank 0 failed after training (see its error message)", int(status))
+        except RuntimeError as err:
+            code = code or _fail(f"lost the other ranks after training: {err}", EXIT_FAILURE)
+    if not ctx.created_group:
+        return code
+    with contextlib.suppress(RuntimeError):
+        _distributed.teardown(ctx)
+    # torch 2.13 on CPU: a process that used DDP over gloo sometimes aborts while the
+    # interpreter shuts down ("terminate called without an active exception", SIGABRT),
+    # after all of its work is done (docs/scaling.md, "Exit"); a bare DDP script does it
+    # too. The model is written and the group destroyed, so end the process here, skipping
+    # that shutdown, so that the exit status says what happened.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _load_model(path: str) -> MDNRegressor:

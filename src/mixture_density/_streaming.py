@@ -1,0 +1,478 @@
+"""Fitting an ``MDNRegressor`` under ``torchrun`` and on CSV files larger than memory (private).
+
+:meth:`MDNRegressor.fit <mixture_density.MDNRegressor.fit>` trains on in-memory arrays in one
+process (it calls :func:`~mixture_density.training.fit` with ``distributed=False``). The
+``mdn fit`` command needs two more ways to get the same fitted estimator, and builds them
+here by setting exactly the fitted attributes that ``MDNRegressor.fit`` sets, so that the
+result saves, loads and predicts like any other:
+
+* :func:`fit_arrays`: ``MDNRegressor.fit`` for one network, step for step (standardization,
+  validation split and seeds drawn from ``random_state``, k-means initialization), except that
+  training runs data-parallel (DDP) when launched by ``torchrun``. Every rank reads the same
+  arrays, so every rank computes the same standardization and split.
+* :func:`scan_csv` + :func:`fit_streamed`: one streaming pass over the file for the column
+  means and standard deviations (:func:`~mixture_density._data.streaming_moments`, equal to the
+  in-memory estimator's to rounding), the first ``val_rows`` rows read into memory as the
+  validation set, and the remaining rows streamed into training chunk by chunk, standardized on
+  the way in and sharded over ranks under ``torchrun``.
+
+Both train a single network (``n_estimators=1``): the estimator trains several networks as
+one batched model in one process, which has no distributed or streamed counterpart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ._data import CSVChunkDataset, Moments, streaming_moments
+from ._errors import MixtureDensityError
+
+if TYPE_CHECKING:
+    from .estimator import MDNRegressor
+    from .nn import MixtureDensityNetwork
+    from .training import FitResult
+
+__all__ = ["StreamedCSV", "fit_arrays", "fit_streamed", "scan_csv"]
+
+#: Default validation set of a streamed fit: this fraction of the rows (as the estimator's
+#: ``val_fraction``), but at most :data:`MAX_DEFAULT_VAL_ROWS` rows, which are held in memory
+#: and evaluated after every epoch.
+DEFAULT_VAL_FRACTION = 0.1
+#: 10,000 rows give the validation NLL a standard error of about 0.01 nats (a per-row NLL
+#: spread of ~1 nat), enough for early stopping, at the cost of one small in-memory array.
+MAX_DEFAULT_VAL_ROWS = 10_000
+
+
+class _CSVRows(CSVChunkDataset):
+    """A :class:`CSVChunkDataset` that skips the first ``skip_rows`` data rows.
+
+    The skipped rows are the validation set of a streamed fit, so they must not be trained
+    on. Also stricter than the base class, as the ``mdn`` command's in-memory reader is: a
+    row with the wrong number of fields is an error naming its line (instead of an
+    ``IndexError`` or silently read columns), and a UTF-8 byte-order mark before the header
+    is ignored.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        features: Sequence[str],
+        targets: Sequence[str],
+        chunksize: int,
+        *,
+        skip_rows: int = 0,
+        shuffle: bool = False,
+        seed: int = 0,
+        moments: Moments | None = None,
+    ) -> None:
+        super().__init__(
+            path,
+            list(features),
+            list(targets),
+            chunksize,
+            shuffle=shuffle,
+            seed=seed,
+            transform=None if moments is None else moments.standardize,
+        )
+        self.skip_rows = skip_rows
+
+    def iter_chunks(
+        self, shard: tuple[int, int] = (0, 1)
+    ) -> Generator[tuple[int, np.ndarray, np.ndarray], None, None]:
+        """Yields ``(chunk index, x (m, d), y (m, D))``; chunks count from the first kept row."""
+        worker, n_workers = shard
+        with open(self.path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=self.delimiter)
+            header = next(reader, None)
+            if header is None:
+                raise MixtureDensityError(f"{self.path}: empty file, expected a header row")
+            names = [name.strip() for name in header]
+            fidx, tidx = self._resolve(names)
+            cols = fidx + tidx
+            selected = [names[i] for i in cols]
+            rows: list[list[str]] = []
+            lines: list[int] = []  # line number of each row, for error messages
+            chunk, seen = 0, 0
+            for row in reader:
+                # Blank lines (no field, or only empty ones) are skipped, as the in-memory
+                # reader does; the full test runs only on rows that start with a blank field.
+                if (not row or not row[0].strip()) and not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(names):
+                    raise MixtureDensityError(
+                        f"{self.path} line {reader.line_num}: {len(row)} fields, but the header "
+                        f"has {len(names)}"
+                    )
+                seen += 1
+                if seen <= self.skip_rows:
+                    continue
+                mine = chunk % n_workers == worker
+                # Other workers' chunks are counted but not converted: a placeholder keeps
+                # the chunk length without the cost of float parsing.
+                rows.append([row[i] for i in cols] if mine else [])
+                if mine:
+                    lines.append(reader.line_num)
+                if len(rows) == self.chunksize:
+                    if mine:
+                        yield chunk, *self._parse(rows, lines, selected, len(fidx))
+                    rows, lines, chunk = [], [], chunk + 1
+            if rows and chunk % n_workers == worker:
+                yield chunk, *self._parse(rows, lines, selected, len(fidx))
+
+    def _parse(
+        self, rows: list[list[str]], lines: list[int], names: list[str], d: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(x (m, d), y (m, D))`` float64 from text cells; all must be finite numbers."""
+        try:
+            arr = np.array(rows, dtype=np.float64)  # (m, d + D)
+        except ValueError:
+            arr = None
+        if arr is None or not np.isfinite(arr).all():
+            # Rare: find the first bad cell and name it as the in-memory reader does (or, if
+            # Python reads every cell that numpy would not, e.g. "1_000", use its numbers).
+            for row, line in zip(rows, lines):
+                for cell, name in zip(row, names):
+                    where = f"{self.path} line {line}, column {name!r}"
+                    try:
+                        value = float(cell)
+                    except ValueError:
+                        problem = "empty cell" if not cell.strip() else f"{cell!r} is not a number"
+                        raise MixtureDensityError(f"{where}: {problem}") from None
+                    if not math.isfinite(value):
+                        raise MixtureDensityError(
+                            f"{where}: {cell!r} (missing or infinite values are not supported; "
+                            "drop or impute the row)"
+                        )
+            arr = np.array([[float(cell) for cell in row] for row in rows], dtype=np.float64)
+        return arr[:, :d], arr[:, d:]
+
+
+@dataclass
+class StreamedCSV:
+    """What one pass over a CSV file found, and the rows a streamed fit keeps in memory.
+
+    Attributes:
+        path: the CSV file.
+        features, targets: column names of the inputs and the targets.
+        chunk_rows: rows per chunk of the training stream.
+        n_rows: data rows in the file.
+        moments: column means and standard deviations over all ``n_rows`` rows.
+        x_val, y_val: ``(n_val, d)`` and ``(n_val, D)`` float64: the first ``n_val`` rows,
+            the validation set (``n_val`` may be 0: no validation).
+        y_init: ``(m, D)`` float64 targets of the first training chunk, for the k-means start.
+    """
+
+    path: str
+    features: list[str]
+    targets: list[str]
+    chunk_rows: int
+    n_rows: int
+    moments: Moments
+    x_val: np.ndarray
+    y_val: np.ndarray
+    y_init: np.ndarray
+
+    @property
+    def n_val(self) -> int:
+        return int(self.x_val.shape[0])
+
+
+def scan_csv(
+    path: str,
+    features: Sequence[str],
+    targets: Sequence[str],
+    *,
+    chunk_rows: int = 10_000,
+    val_rows: int | None = None,
+) -> StreamedCSV:
+    """Reads a CSV file once for its moments, then its validation rows and first chunk.
+
+    Every cell of the feature and target columns is parsed and checked here (finite numbers,
+    the header's number of fields), so a bad file fails before any training starts.
+
+    Args:
+        path: CSV file with a header row.
+        features: input column names.
+        targets: target column names.
+        chunk_rows: rows parsed at a time; memory use is about ``chunk_rows`` rows.
+        val_rows: validation rows taken from the top of the file; ``None``: 10% of the rows,
+            at most 10,000; 0: no validation (training runs all epochs).
+
+    Returns:
+        A :class:`StreamedCSV`.
+
+    Raises:
+        MixtureDensityError: missing columns, bad cells, or no rows left to train on.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "d.csv")
+        >>> _ = open(path, "w").write("x,y\\n" + "".join(f"{i},{i % 3}\\n" for i in range(20)))
+        >>> data = scan_csv(path, ["x"], ["y"], chunk_rows=8)
+        >>> data.n_rows, data.n_val, data.moments.mean_x.tolist(), data.y_init.shape
+        (20, 2, [9.5], (8, 1))
+    """
+    if chunk_rows < 1:
+        raise MixtureDensityError(f"chunk_rows must be a positive integer, got {chunk_rows}")
+    path = str(path)
+    everything = _CSVRows(path, features, targets, chunk_rows)
+    try:
+        moments = streaming_moments(everything)
+    except ValueError as err:
+        if "got no rows" not in str(err):
+            raise MixtureDensityError(str(err)) from None
+        raise MixtureDensityError(f"{path}: no data rows after the header") from None
+    n = moments.n
+    if val_rows is None:
+        val_rows = min(MAX_DEFAULT_VAL_ROWS, math.floor(DEFAULT_VAL_FRACTION * n))
+    if val_rows < 0:
+        raise MixtureDensityError(f"val_rows must be >= 0, got {val_rows}")
+    if val_rows >= n:
+        raise MixtureDensityError(
+            f"--val-rows {val_rows} leaves no training rows: {path} has {n} data rows"
+        )
+    d, D = len(features), len(targets)
+    x_val, y_val = np.empty((0, d)), np.empty((0, D))
+    if val_rows:
+        _, x_val, y_val = _first_chunk(_CSVRows(path, features, targets, val_rows))
+    _, _, y_init = _first_chunk(_CSVRows(path, features, targets, chunk_rows, skip_rows=val_rows))
+    return StreamedCSV(
+        path, list(features), list(targets), chunk_rows, n, moments, x_val, y_val, y_init
+    )
+
+
+def _first_chunk(data: _CSVRows) -> tuple[int, np.ndarray, np.ndarray]:
+    with contextlib.closing(data.iter_chunks()) as chunks:  # closes the file at once
+        return next(chunks)
+
+
+def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
+    """Trains ``est``'s network on a CSV file streamed from disk; sets its fitted attributes.
+
+    The training rows (all but the first ``data.n_val``) are read ``data.chunk_rows`` at a
+    time, standardized with ``data.moments`` and shuffled within each chunk (differently each
+    epoch); under ``torchrun`` chunk ``i`` goes to rank ``i mod world_size``. The network is
+    initialized from the targets of the first training chunk, and early stopping watches the
+    validation rows, as ``MDNRegressor.fit`` watches its random 10%.
+
+    Args:
+        est: an unfitted estimator with ``n_estimators=1``; its hyperparameters are used.
+        data: from :func:`scan_csv`.
+
+    Returns:
+        ``est``, fitted: its ``x_mean_``, ``x_scale_``, ``y_mean_``, ``y_scale_`` are the
+        streamed moments (the in-memory estimator's standardization on the same rows, to
+        rounding), and ``save``/``load``/``predict`` work as after ``MDNRegressor.fit``.
+
+    Example:
+        >>> import os, tempfile
+        >>> from mixture_density.estimator import MDNRegressor
+        >>> path = os.path.join(tempfile.mkdtemp(), "d.csv")
+        >>> rows = "".join(f"{i / 10},{(i * 7) % 11}\\n" for i in range(60))
+        >>> _ = open(path, "w").write("x,y\\n" + rows)
+        >>> est = MDNRegressor(n_components=2, hidden_dims=(8,), n_estimators=1, epochs=2)
+        >>> est = fit_streamed(est, scan_csv(path, ["x"], ["y"], chunk_rows=16))
+        >>> est.predict([[0.5], [1.5]]).shape
+        (2,)
+    """
+    from .training import fit as train
+
+    est._check_params()
+    _require_one_network(est)
+    seed = int(_random_state(est).randint(0, 2**31 - 1))
+    scale_x, scale_y = data.moments.scales()
+    stream = _CSVRows(
+        data.path,
+        data.features,
+        data.targets,
+        data.chunk_rows,
+        skip_rows=data.n_val,
+        shuffle=True,
+        seed=seed,
+        moments=data.moments,
+    )
+    mean_x, mean_y = data.moments.mean_x, data.moments.mean_y
+    val_data = None
+    if data.n_val:
+        val_data = (
+            torch.as_tensor((data.x_val - mean_x) / scale_x, dtype=torch.float32),
+            torch.as_tensor((data.y_val - mean_y) / scale_y, dtype=torch.float32),
+        )
+    y_init = torch.as_tensor((data.y_init - mean_y) / scale_y, dtype=torch.float32)
+    model = _new_network(est, len(data.features), len(data.targets), y_init, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        result = train(
+            model,
+            train_data=stream,
+            val_data=val_data,
+            epochs=est.epochs,
+            batch_size=est.batch_size,
+            lr=est.lr,
+            weight_decay=est.weight_decay,
+            patience=est.patience,
+            noise_regularization=est.noise_regularization,
+            seed=seed,
+            verbose=bool(est.verbose),
+            device=est.device,
+            distributed=None,  # DDP under torchrun; the stream shards itself over ranks
+        )
+    y_1d = len(data.targets) == 1
+    _set_fitted(est, model, result, (mean_x, scale_x), (mean_y, scale_y), y_1d)
+    if data.n_val:
+        y_val = data.y_val[:, 0] if y_1d else data.y_val
+        est.val_nll_ = float(-np.mean(est.log_prob(data.x_val, y_val)))
+    else:
+        est.val_nll_ = float("nan")
+    return est
+
+
+def fit_arrays(est: MDNRegressor, X: np.ndarray, y: np.ndarray) -> MDNRegressor:
+    """``MDNRegressor.fit`` for one network, data-parallel when launched by ``torchrun``.
+
+    Follows ``MDNRegressor.fit`` step for step (``tests/test_cli_scale.py`` compares the
+    two): standardization of all rows, the validation split and the network seed drawn from
+    ``random_state``, k-means initialization on the training targets, best weights by
+    validation NLL. The only difference is ``distributed=None`` in the call to
+    :func:`~mixture_density.training.fit`, so that every ``torchrun`` rank trains on its
+    share of each batch. Every rank must pass the same ``X``, ``y`` and (integer)
+    ``random_state``.
+
+    Args:
+        est: an unfitted estimator with ``n_estimators=1``.
+        X: ``(n, d)`` finite float64 inputs.
+        y: ``(n,)`` or ``(n, D)`` finite float64 targets.
+
+    Returns:
+        ``est``, fitted.
+
+    Example:
+        >>> from mixture_density.estimator import MDNRegressor
+        >>> X = np.linspace(-1, 1, 50)[:, None]
+        >>> est = MDNRegressor(n_components=2, hidden_dims=(8,), n_estimators=1, epochs=2,
+        ...                    random_state=0)
+        >>> fit_arrays(est, X, np.sin(3 * X[:, 0])).predict(X[:2]).shape
+        (2,)
+    """
+    from .estimator import _standardization
+    from .training import fit as train
+
+    est._check_params()
+    _require_one_network(est)
+    y_1d = y.ndim == 1
+    Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
+    n = X.shape[0]
+    x_stats, y_stats = _standardization(X), _standardization(Y)
+
+    # The same draws from random_state, in the same order, as MDNRegressor.fit.
+    rng = _random_state(est)
+    n_val = math.floor(est.val_fraction * n)
+    if n_val >= 1 and n - n_val >= 1:
+        perm = rng.permutation(n)
+        val_rows, train_rows = perm[:n_val], perm[n_val:]
+    else:  # too few rows to hold any out: train on everything, no early stopping
+        val_rows, train_rows = np.arange(0), np.arange(n)
+    seed = int(rng.randint(0, 2**31 - 1, size=1)[0])
+
+    Xs = torch.as_tensor((X - x_stats[0]) / x_stats[1], dtype=torch.float32)
+    Ys = torch.as_tensor((Y - y_stats[0]) / y_stats[1], dtype=torch.float32)
+    train_data = (Xs[train_rows], Ys[train_rows])
+    val_data = (Xs[val_rows], Ys[val_rows]) if len(val_rows) else None
+    model = _new_network(est, X.shape[1], Y.shape[1], train_data[1], seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        result = train(
+            model,
+            *train_data,
+            val_data=val_data,
+            val_fraction=0.0,  # the split is ours (shared with val_nll_ below)
+            epochs=est.epochs,
+            batch_size=est.batch_size,
+            lr=est.lr,
+            weight_decay=est.weight_decay,
+            patience=est.patience,
+            noise_regularization=est.noise_regularization,
+            seed=seed,
+            verbose=bool(est.verbose),
+            device=est.device,
+            distributed=None,  # the one difference from MDNRegressor.fit
+        )
+    _set_fitted(est, model, result, x_stats, y_stats, y_1d)
+    if len(val_rows):
+        est.val_nll_ = float(-np.mean(est.log_prob(X[val_rows], y[val_rows])))
+    else:
+        est.val_nll_ = float("nan")
+    return est
+
+
+# ----------------------------------------------------------------------------------------------
+# The pieces of MDNRegressor.fit that both paths share
+# ----------------------------------------------------------------------------------------------
+
+
+def _require_one_network(est: MDNRegressor) -> None:
+    if est.n_estimators != 1:
+        raise MixtureDensityError(
+            f"n_estimators must be 1 for a distributed or streamed fit, got {est.n_estimators}: "
+            "several networks are trained as one batched model in one process"
+        )
+
+
+def _random_state(est: MDNRegressor) -> np.random.RandomState:
+    from sklearn.utils import check_random_state
+
+    if est.random_state is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Each rank would draw its own split and seeds from the OS's entropy.
+        raise MixtureDensityError(
+            "random_state=None under torchrun: every rank must draw the same validation "
+            "split and seeds; pass an integer random_state"
+        )
+    return check_random_state(est.random_state)
+
+
+def _new_network(
+    est: MDNRegressor, dim_in: int, dim_out: int, y_train: torch.Tensor, seed: int
+) -> MixtureDensityNetwork:
+    """The network as ``MDNRegressor.fit`` builds it: seeded weights, k-means start.
+
+    Args:
+        y_train: ``(m, D)`` standardized training targets for the k-means start (skipped
+            with fewer than ``n_components`` rows, as in the estimator).
+    """
+    # fork_rng: weight initialization draws from torch's global RNG; seeding it inside a
+    # fork keeps the caller's RNG state untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = est._build_network(dim_in, dim_out)
+        if y_train.shape[0] >= est.n_components:  # k-means needs K rows
+            model.initialize(y_train, seed=seed)
+    return model
+
+
+def _set_fitted(
+    est: MDNRegressor,
+    model: MixtureDensityNetwork,
+    result: FitResult,
+    x_stats: tuple[np.ndarray, np.ndarray],
+    y_stats: tuple[np.ndarray, np.ndarray],
+    y_1d: bool,
+) -> None:
+    """Sets the attributes ``MDNRegressor.fit`` sets, except ``val_nll_`` (the caller's)."""
+    est.n_features_in_ = int(x_stats[0].shape[0])
+    est.x_mean_, est.x_scale_ = (np.asarray(s, dtype=np.float64) for s in x_stats)
+    est.y_mean_, est.y_scale_ = (np.asarray(s, dtype=np.float64) for s in y_stats)
+    est.n_outputs_ = int(y_stats[0].shape[0])
+    est._y_1d = y_1d
+    est.models_ = [model.eval()]
+    est.model_ = model
+    est.fit_results_ = [result]
+    est.history_ = list(result.history)
