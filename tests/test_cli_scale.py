@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 
 from mixture_density._streaming import fit_arrays, fit_streamed, scan_csv
@@ -234,11 +235,34 @@ def test_fit_streamed_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(scan.x_val, X[:20])
     np.testing.assert_array_equal(scan.y_init[:, 0], y[20:52])  # the first *training* chunk
     est = fit_streamed(MDNRegressor(**FAST_PARAMS, random_state=0), scan)
+    ref = MDNRegressor(**FAST_PARAMS, random_state=0).fit(X, y)
+    assert sorted(vars(est)) == sorted(vars(ref))  # every attribute that fit sets, no more
     est.save(tmp_path / "m.pt")
     loaded = MDNRegressor.load(tmp_path / "m.pt")
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
     assert loaded.val_nll_ == pytest.approx(-est.log_prob(X[:20], y[:20]).mean(), abs=1e-12)
     assert len(loaded.history_) == 5
+
+
+def test_stream_batches_equal_collated_rows(tmp_path: Path) -> None:
+    # The batched stream must give exactly the DataLoader batches of the base class's rows
+    # (same shuffle, batches across chunk boundaries), only faster.
+    from torch.utils.data import DataLoader
+
+    from mixture_density._streaming import _CSVRows
+
+    path = str(write_data(tmp_path / "d.csv", 103))
+    moments = scan_csv(path, ["x1", "x2"], ["y"], chunk_rows=7).moments
+    kw = {"skip_rows": 10, "shuffle": True, "seed": 3, "moments": moments}
+    rows = _CSVRows(path, ["x1", "x2"], ["y"], 7, **kw)  # type: ignore[arg-type]
+    batched = _CSVRows(path, ["x1", "x2"], ["y"], 7, batch_rows=5, **kw)  # type: ignore[arg-type]
+    for ds in (rows, batched):
+        ds.set_epoch(2)
+    expected = list(DataLoader(rows, batch_size=5))
+    got = list(DataLoader(batched, batch_size=None))
+    assert len(got) == len(expected) == 19  # 93 rows: 18 batches of 5 and one of 3
+    for (xa, ya), (xb, yb) in zip(got, expected):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 @pytest.fixture

@@ -26,14 +26,16 @@ import contextlib
 import csv
 import math
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
 
-from ._data import CSVChunkDataset, Moments, streaming_moments
+from ._data import CSVChunkDataset, Moments, _shard_info, streaming_moments
 from ._errors import MixtureDensityError
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class _CSVRows(CSVChunkDataset):
         shuffle: bool = False,
         seed: int = 0,
         moments: Moments | None = None,
+        batch_rows: int | None = None,
     ) -> None:
         super().__init__(
             path,
@@ -84,6 +87,37 @@ class _CSVRows(CSVChunkDataset):
             transform=None if moments is None else moments.standardize,
         )
         self.skip_rows = skip_rows
+        self.batch_rows = batch_rows
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Rows ``(x (d,), y (D,))``, or with ``batch_rows`` batches ``(x (B, d), y (B, D))``.
+
+        The batches are exactly those that ``DataLoader(rows, batch_size=batch_rows)`` would
+        collate from the rows (they run across chunk boundaries), without cutting each chunk
+        into row tensors and stacking them again: that costs more than parsing the text.
+        """
+        if self.batch_rows is None:
+            yield from super().__iter__()
+            return
+        size = self.batch_rows
+        carry: tuple[torch.Tensor, torch.Tensor] | None = None  # the rows of a partial batch
+        for chunk, x, y in self.iter_chunks(_shard_info()):
+            if self.transform is not None:
+                x, y = self.transform(x, y)
+            xt = torch.as_tensor(x, dtype=self.dtype)  # (m, d)
+            yt = torch.as_tensor(y, dtype=self.dtype)  # (m, D)
+            if self.shuffle:  # the base class's permutation, so that the rows come in its order
+                rng = np.random.default_rng([self.seed, self.epoch, chunk])
+                perm = torch.as_tensor(rng.permutation(xt.shape[0]))
+                xt, yt = xt[perm], yt[perm]
+            if carry is not None:
+                xt, yt = torch.cat([carry[0], xt]), torch.cat([carry[1], yt])
+            full = xt.shape[0] - xt.shape[0] % size
+            for start in range(0, full, size):
+                yield xt[start : start + size], yt[start : start + size]
+            carry = (xt[full:], yt[full:]) if full < xt.shape[0] else None
+        if carry is not None:
+            yield carry
 
     def iter_chunks(
         self, shard: tuple[int, int] = (0, 1)
@@ -290,6 +324,9 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
     _require_one_network(est)
     seed = int(_random_state(est).randint(0, 2**31 - 1))
     scale_x, scale_y = data.moments.scales()
+    # fit's batch_size is global: each rank takes its share, as fit does for in-memory data.
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 0
+    world = world or int(os.environ.get("WORLD_SIZE", "1"))
     stream = _CSVRows(
         data.path,
         data.features,
@@ -299,6 +336,7 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
         shuffle=True,
         seed=seed,
         moments=data.moments,
+        batch_rows=max(1, est.batch_size // world),
     )
     mean_x, mean_y = data.moments.mean_x, data.moments.mean_y
     val_data = None
@@ -313,7 +351,9 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
         torch.manual_seed(seed)
         result = train(
             model,
-            train_data=stream,
+            # batch_size=None: the stream yields whole batches (fit sets its epoch for the
+            # shuffle through loader.dataset, and under DDP the ranks' shares are uneven).
+            train_data=DataLoader(stream, batch_size=None),
             val_data=val_data,
             epochs=est.epochs,
             batch_size=est.batch_size,
