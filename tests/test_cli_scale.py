@@ -166,6 +166,22 @@ def test_torchrun_streamed_fit(tmp_path: Path) -> None:
     assert model.metadata_["streamed"] == {"rows": 600, "val_rows": 60, "chunk_rows": 50}
 
 
+@needs_gloo
+@pytest.mark.slow
+def test_torchrun_rank0_write_failure_fails_every_rank(tmp_path: Path) -> None:
+    # /proc exists, so the early output-path check passes, but no file can be created there
+    # (not even by root): rank 0's save fails after training, and rank 1, waiting for it in
+    # the final all-reduce, must fail too instead of reporting success.
+    write_data(tmp_path / "tiny.csv", 200)
+    proc, logs = torchrun("-m", "mixture_density", "fit", "tiny.csv", "--target", "y", *FAST,
+                          "--quiet", "--out", "/proc/m.pt", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0
+    assert "exitcode  : 2" in proc.stderr, proc.stderr[-3000:]
+    assert logs[0].count("mdn: error:") == 1 and "/proc/" in logs[0], logs[0]
+    assert "mdn: error: rank 0 failed after training" in logs[1], logs[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "tiny.csv"]
+
+
 # ------------------------------------------------------------------------------ streaming
 
 
@@ -263,6 +279,17 @@ def test_stream_batches_equal_collated_rows(tmp_path: Path) -> None:
     assert len(got) == len(expected) == 19  # 93 rows: 18 batches of 5 and one of 3
     for (xa, ya), (xb, yb) in zip(got, expected):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_fit_streamed_two_targets(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "d.csv", 80)
+    X, _ = load_xy(data)
+    scan = scan_csv(str(data), ["x1"], ["x2", "y"], chunk_rows=16)
+    est = fit_streamed(MDNRegressor(**FAST_PARAMS, random_state=0), scan)
+    ref = MDNRegressor(**{**FAST_PARAMS, "epochs": 1}).fit(X[:, :1], np.loadtxt(
+        data, delimiter=",", skiprows=1, usecols=(1, 2)))  # fmt: skip
+    np.testing.assert_allclose(est.y_scale_, ref.y_scale_, rtol=0, atol=1e-10)
+    assert est.predict(X[:5, :1]).shape == (5, 2) and np.isfinite(est.val_nll_)
 
 
 @pytest.fixture
