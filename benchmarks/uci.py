@@ -588,9 +588,7 @@ def format_report(rows: Sequence[dict[str, Any]], data_dir: Path | None = None) 
                 else ""
             )
         )
-        by_method: dict[str, list[dict[str, Any]]] = {}
-        for r in ds_rows:
-            by_method.setdefault(method_label(r), []).append(r)
+        by_method = group_by_method(ds_rows)
         width = max(14, *(len(m) + 2 for m in by_method))
         header = (
             f"{'method':<{width}}{'n':>3}  {'test NLL ± SE':>16}  {'SD':>5}  {'RMSE':>18}  "
@@ -644,10 +642,7 @@ def format_markdown(rows: Sequence[dict[str, Any]], data_dir: Path | None = None
     datasets = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
     datasets += sorted({r["dataset"] for r in rows} - set(datasets))
     for name in datasets:
-        by_method: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            if r["dataset"] == name:
-                by_method.setdefault(method_label(r), []).append(r)
+        by_method = group_by_method([r for r in rows if r["dataset"] == name])
         standard = all(r["split_source"] == "standard" for rs in by_method.values() for r in rs)
         mc = _mc_dropout_nll(name, data_dir) if standard else None
         for method, m_rows in by_method.items():
@@ -664,6 +659,23 @@ def format_markdown(rows: Sequence[dict[str, Any]], data_dir: Path | None = None
                 f"| {paired.replace('ΔNLL ', '')} |"
             )
     return "\n".join(lines)
+
+
+def group_by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows by :func:`method_label`; a label seen at several revisions is split per revision.
+
+    CSVs from different library versions can then be combined without mixing their rows.
+    """
+    revisions: dict[str, set[str]] = {}
+    for r in rows:
+        revisions.setdefault(method_label(r), set()).add(str(r.get("revision") or ""))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        label = method_label(r)
+        if len(revisions[label]) > 1:
+            label += f" @{r.get('revision') or '?'}"
+        groups.setdefault(label, []).append(r)
+    return groups
 
 
 def method_label(row: dict[str, Any]) -> str:
