@@ -135,7 +135,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         fixed_noise_level: Component standard deviation for ``noise_type="fixed"``, in
             standardized target units.
         device: Torch device to train and predict on (``"cpu"``, ``"cuda"``, ``"auto"``).
-        verbose: Show a progress bar during training.
+        verbose: Show a progress bar during training (one network; the batched ensemble
+            trains silently and records its progress in ``fit_results_``).
         random_state: Seed (int), ``numpy.random.RandomState`` or ``None`` for the
             initializations, the validation split and the mini-batch order.
 
