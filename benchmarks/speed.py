@@ -28,10 +28,10 @@ Sections (``--sections``; each is a function ``section_<name>`` returning table 
   ``MixtureDensityNetwork``; the peers get an identical backbone and their head on top.
 * ``memory``: at D=32, the peak memory of one training step of the loss section. On CUDA,
   ``torch.cuda.max_memory_allocated`` above the memory held before the step. On CPU, each
-  peer runs in a fresh subprocess and we report the growth of the peak resident set size
-  (``ru_maxrss``) during its first step over the resident size just before it: memory the
-  step really touched, allocator overheads included (tracemalloc does not see torch's
-  allocations).
+  peer runs in a fresh subprocess and we report the peak resident set size during one
+  full-size step (``VmHWM``, reset just before it) minus the resident size just before it:
+  memory the step really touched, allocator overheads included (tracemalloc does not see
+  torch's allocations). Linux only.
 
 Repetitions adapt to the cost of a row: each row runs ``--reps`` interleaved repetitions,
 or fewer (never below ``--min-reps``) when one repetition of all peers together takes
@@ -54,7 +54,6 @@ import importlib.util
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -390,9 +389,13 @@ def _subprocess_step_memory(s: Settings, peer: str, D: int, noise_type: str) -> 
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak RSS of this address space) from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _memory_child(spec_json: str) -> None:
@@ -408,10 +411,14 @@ def _memory_child(spec_json: str) -> None:
     # Warm up the code paths on a tiny batch (lazy imports, kernels' one-time buffers), so
     # the measured step's growth is the step itself.
     training_step(spec["peer"], module, h[:2], y[:2])()
-    before = _rss_bytes()
+    # Not getrusage's ru_maxrss: Linux carries it over execve from the parent, so a child of
+    # a big benchmark process would report the parent's peak. VmHWM belongs to this address
+    # space; writing 5 to clear_refs resets it to the current RSS (Linux >= 4.0).
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_bytes("VmRSS")
     training_step(spec["peer"], module, h, y)()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print((peak - before) / 2**20)
+    print((_status_bytes("VmHWM") - before) / 2**20)
 
 
 SECTIONS = {
