@@ -75,6 +75,16 @@ def test_fit_writes_model_and_reports_validation_nll(
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
 
+def test_fit_ensemble_size_defaults_to_the_estimators(tmp_path: Path, workdir: Path) -> None:
+    from mixture_density.estimator import DEFAULTS
+
+    out = tmp_path / "m.pt"
+    assert (
+        main(["fit", str(workdir / "data.csv"), "--target", "y", *FAST_FIT, "--out", str(out)]) == 0
+    )
+    assert MDNRegressor.load(out).n_estimators == DEFAULTS["n_estimators"]
+
+
 def test_predict_writes_mean_quantiles_and_samples(tmp_path: Path, workdir: Path) -> None:
     out = tmp_path / "pred.csv"
     argv = ["predict", str(workdir / "model.pt"), str(workdir / "data.csv"),

@@ -205,9 +205,9 @@ def _build_parser() -> _Parser:
     fit.add_argument(
         "--estimators",
         type=_positive_int,
-        default=1,
+        default=None,
         metavar="M",
-        help="ensemble size (default: %(default)s)",
+        help="ensemble size (default: the estimator's, 5; 1 with --stream or under torchrun)",
     )
     fit.add_argument(
         "--epochs", type=_positive_int, default=None, metavar="N", help="maximum epochs"
@@ -438,6 +438,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             "--val-rows applies to streamed fits (--stream, or a file larger than "
             "--memory-budget); in memory, a random 10% of the rows is held out"
         )
+    if args.estimators is None:
+        # Ensemble members are trained as one batched model, which needs all rows in one
+        # process: streamed and distributed fits train one network.
+        args.estimators = 1 if (stream or world > 1) else DEFAULTS["n_estimators"]
     if (stream or world > 1) and args.estimators > 1:
         raise MixtureDensityError(
             f"--estimators {args.estimators} needs the whole data set in one process (the "
