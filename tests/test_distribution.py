@@ -835,3 +835,26 @@ def test_multinomial_counts_moments() -> None:
     # Mean within 5 standard errors; variance within 5 (approximate) standard errors.
     assert ((c.mean(0) - mean).abs() <= 5 * (var / reps).sqrt() + 1e-12).all()
     assert ((c.var(0) - var).abs() <= 5 * var * math.sqrt(2 / reps) + 1e-12).all()
+
+
+@pytest.mark.parametrize("parameterization", ["scale", "precision_tril"])
+def test_high_dimensional_log_prob_is_finite_where_linear_space_underflows(
+    parameterization: str,
+) -> None:
+    """D = 64: every component density underflows to 0 in float64, its log does not."""
+    torch.manual_seed(0)
+    B, K, D = 16, 3, 64
+    logits = torch.randn(B, K, dtype=torch.float64)
+    loc = torch.randn(B, K, D, dtype=torch.float64)
+    sigma = torch.full((B, K, D), 0.05, dtype=torch.float64)
+    y = loc[:, 0] + 3.0  # 60 sigma from component 0 in every coordinate
+    if parameterization == "scale":
+        gm = GaussianMixture(logits, loc, scale=sigma)
+    else:
+        gm = GaussianMixture(logits, loc, precision_tril=torch.diag_embed(1 / sigma))
+    comp = gm.component_log_prob(y)
+    assert (comp.exp() == 0).all()  # linear space would give log(0) = -inf
+    lp = gm.log_prob(y)
+    assert torch.isfinite(lp).all()
+    ref = MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, sigma), 1))
+    torch.testing.assert_close(lp, ref.log_prob(y), rtol=1e-12, atol=1e-9)
