@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from mixture_density._streaming import fit_arrays, fit_streamed, scan_csv
+from mixture_density._streaming import fit_streamed, scan_csv
 from mixture_density.cli import main
 from mixture_density.estimator import MDNRegressor
 
@@ -185,14 +185,14 @@ def test_torchrun_rank0_write_failure_fails_every_rank(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ streaming
 
 
-def test_fit_arrays_is_estimator_fit_in_one_process() -> None:
-    # Without torchrun, fit_arrays must be MDNRegressor.fit exactly: same draws from
-    # random_state, same split, same initialization, same stored attributes.
+def test_distributed_fit_in_one_process_is_estimator_fit() -> None:
+    # Without torchrun, the CLI's distributed=None fit must be MDNRegressor.fit exactly: same
+    # draws from random_state, same split, same initialization, same stored attributes.
     rng = np.random.default_rng(1)
     X = rng.normal(size=(150, 2))
     y = np.column_stack([X[:, 0] ** 2, X[:, 1]]) + 0.1 * rng.normal(size=(150, 2))
     ref = MDNRegressor(**FAST_PARAMS, random_state=3).fit(X, y)
-    est = fit_arrays(MDNRegressor(**FAST_PARAMS, random_state=3), X, y)
+    est = MDNRegressor(**FAST_PARAMS, random_state=3)._fit(X, y, distributed=None)
     assert sorted(k for k in vars(est) if k.endswith("_")) == sorted(
         k for k in vars(ref) if k.endswith("_")
     )
@@ -207,7 +207,7 @@ def test_torchrun_needs_a_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("WORLD_SIZE", "2")
     X, y = np.zeros((20, 1)), np.arange(20.0)
     with pytest.raises(ValueError, match="random_state=None under torchrun"):
-        fit_arrays(MDNRegressor(**FAST_PARAMS), X, y)
+        MDNRegressor(**FAST_PARAMS)._fit(X, y, distributed=None)
     scan = scan_csv(str(write_data(tmp_path / "d.csv", 50)), ["x1"], ["y"], chunk_rows=10)
     with pytest.raises(ValueError, match="random_state=None under torchrun"):
         fit_streamed(MDNRegressor(**FAST_PARAMS), scan)

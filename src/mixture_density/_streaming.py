@@ -1,23 +1,21 @@
 """Fitting an ``MDNRegressor`` under ``torchrun`` and on CSV files larger than memory (private).
 
 :meth:`MDNRegressor.fit <mixture_density.MDNRegressor.fit>` trains on in-memory arrays in one
-process (it calls :func:`~mixture_density.training.fit` with ``distributed=False``). The
-``mdn fit`` command needs two more ways to get the same fitted estimator, and builds them
-here by setting exactly the fitted attributes that ``MDNRegressor.fit`` sets, so that the
-result saves, loads and predicts like any other:
+process (it calls :func:`~mixture_density.training.fit` with ``distributed=False``). Under
+``torchrun``, ``mdn fit`` calls the estimator's private ``_fit(X, y, distributed=None)``,
+the same fit with data-parallel training. For files larger than memory it uses this module,
+which sets exactly the fitted attributes that ``MDNRegressor.fit`` sets, so that the result
+saves, loads and predicts like any other:
 
-* :func:`fit_arrays`: ``MDNRegressor.fit`` for one network, step for step (standardization,
-  validation split and seeds drawn from ``random_state``, k-means initialization), except that
-  training runs data-parallel (DDP) when launched by ``torchrun``. Every rank reads the same
-  arrays, so every rank computes the same standardization and split.
 * :func:`scan_csv` + :func:`fit_streamed`: one streaming pass over the file for the column
   means and standard deviations (:func:`~mixture_density._data.streaming_moments`, equal to the
   in-memory estimator's to rounding), the first ``val_rows`` rows read into memory as the
   validation set, and the remaining rows streamed into training chunk by chunk, standardized on
   the way in and sharded over ranks under ``torchrun``.
 
-Both train a single network (``n_estimators=1``): the estimator trains several networks as
-one batched model in one process, which has no distributed or streamed counterpart.
+Distributed and streamed fits train a single network (``n_estimators=1``): the estimator
+trains several networks as one batched model in one process, which has no distributed or
+streamed counterpart.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ if TYPE_CHECKING:
     from .nn import MixtureDensityNetwork
     from .training import FitResult
 
-__all__ = ["StreamedCSV", "fit_arrays", "fit_streamed", "scan_csv"]
+__all__ = ["StreamedCSV", "fit_streamed", "scan_csv"]
 
 #: Default validation set of a streamed fit: this fraction of the rows (as the estimator's
 #: ``val_fraction``), but at most :data:`MAX_DEFAULT_VAL_ROWS` rows, which are held in memory
@@ -318,11 +316,13 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
         >>> est.predict([[0.5], [1.5]]).shape
         (2,)
     """
+    from sklearn.utils import check_random_state
+
     from .training import fit as train
 
     est._check_params()
-    _require_one_network(est)
-    seed = int(_random_state(est).randint(0, 2**31 - 1))
+    est._check_distributable()
+    seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     scale_x, scale_y = data.moments.scales()
     # fit's batch_size is global: each rank takes its share, as fit does for in-memory data.
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 0
@@ -346,7 +346,7 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
             torch.as_tensor((data.y_val - mean_y) / scale_y, dtype=torch.float32),
         )
     y_init = torch.as_tensor((data.y_init - mean_y) / scale_y, dtype=torch.float32)
-    model = _new_network(est, len(data.features), len(data.targets), y_init, seed)
+    model = est._new_network(len(data.features), len(data.targets), y_init, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         result = train(
@@ -355,16 +355,9 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
             # shuffle through loader.dataset, and under DDP the ranks' shares are uneven).
             train_data=DataLoader(stream, batch_size=None),
             val_data=val_data,
-            epochs=est.epochs,
-            batch_size=est.batch_size,
-            lr=est.lr,
-            weight_decay=est.weight_decay,
-            patience=est.patience,
-            noise_regularization=est.noise_regularization,
             seed=seed,
-            verbose=bool(est.verbose),
-            device=est.device,
             distributed=None,  # DDP under torchrun; the stream shards itself over ranks
+            **est._training_kwargs(),
         )
     y_1d = len(data.targets) == 1
     _set_fitted(est, model, result, (mean_x, scale_x), (mean_y, scale_y), y_1d)
@@ -376,126 +369,9 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
     return est
 
 
-def fit_arrays(est: MDNRegressor, X: np.ndarray, y: np.ndarray) -> MDNRegressor:
-    """``MDNRegressor.fit`` for one network, data-parallel when launched by ``torchrun``.
-
-    Follows ``MDNRegressor.fit`` step for step (``tests/test_cli_scale.py`` compares the
-    two): standardization of all rows, the validation split and the network seed drawn from
-    ``random_state``, k-means initialization on the training targets, best weights by
-    validation NLL. The only difference is ``distributed=None`` in the call to
-    :func:`~mixture_density.training.fit`, so that every ``torchrun`` rank trains on its
-    share of each batch. Every rank must pass the same ``X``, ``y`` and (integer)
-    ``random_state``.
-
-    Args:
-        est: an unfitted estimator with ``n_estimators=1``.
-        X: ``(n, d)`` finite float64 inputs.
-        y: ``(n,)`` or ``(n, D)`` finite float64 targets.
-
-    Returns:
-        ``est``, fitted.
-
-    Example:
-        >>> from mixture_density.estimator import MDNRegressor
-        >>> X = np.linspace(-1, 1, 50)[:, None]
-        >>> est = MDNRegressor(n_components=2, hidden_dims=(8,), n_estimators=1, epochs=2,
-        ...                    random_state=0)
-        >>> fit_arrays(est, X, np.sin(3 * X[:, 0])).predict(X[:2]).shape
-        (2,)
-    """
-    from .estimator import _standardization
-    from .training import fit as train
-
-    est._check_params()
-    _require_one_network(est)
-    y_1d = y.ndim == 1
-    Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
-    n = X.shape[0]
-    x_stats, y_stats = _standardization(X), _standardization(Y)
-
-    # The same draws from random_state, in the same order, as MDNRegressor.fit.
-    rng = _random_state(est)
-    n_val = math.floor(est.val_fraction * n)
-    if n_val >= 1 and n - n_val >= 1:
-        perm = rng.permutation(n)
-        val_rows, train_rows = perm[:n_val], perm[n_val:]
-    else:  # too few rows to hold any out: train on everything, no early stopping
-        val_rows, train_rows = np.arange(0), np.arange(n)
-    seed = int(rng.randint(0, 2**31 - 1, size=1)[0])
-
-    Xs = torch.as_tensor((X - x_stats[0]) / x_stats[1], dtype=torch.float32)
-    Ys = torch.as_tensor((Y - y_stats[0]) / y_stats[1], dtype=torch.float32)
-    train_data = (Xs[train_rows], Ys[train_rows])
-    val_data = (Xs[val_rows], Ys[val_rows]) if len(val_rows) else None
-    model = _new_network(est, X.shape[1], Y.shape[1], train_data[1], seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        result = train(
-            model,
-            *train_data,
-            val_data=val_data,
-            val_fraction=0.0,  # the split is ours (shared with val_nll_ below)
-            epochs=est.epochs,
-            batch_size=est.batch_size,
-            lr=est.lr,
-            weight_decay=est.weight_decay,
-            patience=est.patience,
-            noise_regularization=est.noise_regularization,
-            seed=seed,
-            verbose=bool(est.verbose),
-            device=est.device,
-            distributed=None,  # the one difference from MDNRegressor.fit
-        )
-    _set_fitted(est, model, result, x_stats, y_stats, y_1d)
-    if len(val_rows):
-        est.val_nll_ = float(-np.mean(est.log_prob(X[val_rows], y[val_rows])))
-    else:
-        est.val_nll_ = float("nan")
-    return est
-
-
 # ----------------------------------------------------------------------------------------------
-# The pieces of MDNRegressor.fit that both paths share
+# The fitted state that MDNRegressor.fit leaves
 # ----------------------------------------------------------------------------------------------
-
-
-def _require_one_network(est: MDNRegressor) -> None:
-    if est.n_estimators != 1:
-        raise MixtureDensityError(
-            f"n_estimators must be 1 for a distributed or streamed fit, got {est.n_estimators}: "
-            "several networks are trained as one batched model in one process"
-        )
-
-
-def _random_state(est: MDNRegressor) -> np.random.RandomState:
-    from sklearn.utils import check_random_state
-
-    if est.random_state is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Each rank would draw its own split and seeds from the OS's entropy.
-        raise MixtureDensityError(
-            "random_state=None under torchrun: every rank must draw the same validation "
-            "split and seeds; pass an integer random_state"
-        )
-    return check_random_state(est.random_state)
-
-
-def _new_network(
-    est: MDNRegressor, dim_in: int, dim_out: int, y_train: torch.Tensor, seed: int
-) -> MixtureDensityNetwork:
-    """The network as ``MDNRegressor.fit`` builds it: seeded weights, k-means start.
-
-    Args:
-        y_train: ``(m, D)`` standardized training targets for the k-means start (skipped
-            with fewer than ``n_components`` rows, as in the estimator).
-    """
-    # fork_rng: weight initialization draws from torch's global RNG; seeding it inside a
-    # fork keeps the caller's RNG state untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = est._build_network(dim_in, dim_out)
-        if y_train.shape[0] >= est.n_components:  # k-means needs K rows
-            model.initialize(y_train, seed=seed)
-    return model
 
 
 def _set_fitted(

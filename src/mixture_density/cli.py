@@ -483,8 +483,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             return fit_streamed(model, data)
 
     else:
-        from ._streaming import fit_arrays
-
         table = _Table(args.data)
         features, targets = _fit_columns(args, table.header)
         X = table.numeric(features, "feature")
@@ -494,9 +492,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         n_rows, streamed = X.shape[0], None
 
         def train() -> MDNRegressor:
-            # MDNRegressor.fit trains in this process only; fit_arrays is the same fit with
-            # DDP, for torchrun.
-            return fit_arrays(model, X, Y) if world > 1 else model.fit(X, Y)
+            # MDNRegressor.fit trains in this process only; under torchrun the same fit
+            # trains data-parallel (DDP) over the ranks.
+            return model._fit(X, Y, distributed=None) if world > 1 else model.fit(X, Y)
 
     start = time.perf_counter()
 

@@ -237,7 +237,19 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Raises:
             ValueError: If the data or a hyperparameter is invalid.
         """
+        return self._fit(X, y, distributed=False)
+
+    def _fit(self, X: Any, y: Any, *, distributed: bool | None) -> MDNRegressor:
+        """``fit``, with ``training.fit``'s ``distributed`` switch.
+
+        ``fit`` trains in this process only (``distributed=False``), also when the caller
+        runs under ``torchrun``. The ``mdn fit`` command passes ``distributed=None`` so that
+        a ``torchrun`` launch trains one network data-parallel; every rank must then pass the
+        same data and an integer ``random_state`` (same split, same seeds).
+        """
         self._check_params()
+        if distributed is not False:
+            self._check_distributable()
         X, y = _validate_data(
             self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
         )
@@ -267,14 +279,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         self.models_: list[MixtureDensityNetwork] = []
         self.fit_results_: list[FitResult] = []
         for seed in seeds:
-            # fork_rng: weight initialization draws from torch's global RNG; seeding it
-            # inside a fork keeps the caller's RNG state untouched.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = self._build_network(X.shape[1], self.n_outputs_)
-                if len(train_rows) >= self.n_components:  # k-means needs K rows
-                    model.initialize(train_data[1], seed=seed)
-            self.models_.append(model)
+            self.models_.append(self._new_network(X.shape[1], self.n_outputs_, train_data[1], seed))
         if len(self.models_) > 1:
             # All members in one batched model: about the cost of one network on small data.
             self.fit_results_ = fit_members(
@@ -298,16 +303,9 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                     *train_data,
                     val_data=val_data,
                     val_fraction=0.0,  # the split is ours (shared with log_prob below)
-                    epochs=self.epochs,
-                    batch_size=self.batch_size,
-                    lr=self.lr,
-                    weight_decay=self.weight_decay,
-                    patience=self.patience,
-                    noise_regularization=self.noise_regularization,
                     seed=seeds[0],
-                    verbose=bool(self.verbose),
-                    device=self.device,
-                    distributed=False,
+                    distributed=distributed,
+                    **self._training_kwargs(),
                 )
             self.fit_results_ = [result]
         for model in self.models_:
@@ -333,6 +331,47 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         if not float(self.min_scale) > 0.0:
             raise ValueError(f"min_scale must be positive, got {self.min_scale!r}")
         NoiseType.parse(self.noise_type)  # raises ValueError listing the options
+
+    def _check_distributable(self) -> None:
+        """Refuses what a data-parallel (``torchrun``) or streamed fit cannot do."""
+        if self.n_estimators != 1:
+            raise MixtureDensityError(
+                f"n_estimators must be 1 for a distributed or streamed fit, got "
+                f"{self.n_estimators}: several networks are trained as one batched model in "
+                "one process"
+            )
+        if self.random_state is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Each rank would draw its own split and seeds from the OS's entropy.
+            raise MixtureDensityError(
+                "random_state=None under torchrun: every rank must draw the same validation "
+                "split and seeds; pass an integer random_state"
+            )
+
+    def _training_kwargs(self) -> dict[str, Any]:
+        """The keywords of ``training.fit`` that come from this estimator's parameters."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "patience": self.patience,
+            "noise_regularization": self.noise_regularization,
+            "verbose": bool(self.verbose),
+            "device": self.device,
+        }
+
+    def _new_network(
+        self, dim_in: int, dim_out: int, y_train: Tensor, seed: int
+    ) -> MixtureDensityNetwork:
+        """A seeded network started from a k-means mixture of ``y_train`` ``(m, D)``."""
+        # fork_rng: weight initialization draws from torch's global RNG; seeding it inside a
+        # fork keeps the caller's RNG state untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self._build_network(dim_in, dim_out)
+            if y_train.shape[0] >= self.n_components:  # k-means needs K rows
+                model.initialize(y_train, seed=seed)
+        return model
 
     def _build_network(self, dim_in: int, dim_out: int) -> MixtureDensityNetwork:
         return MixtureDensityNetwork(
