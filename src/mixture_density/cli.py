@@ -795,7 +795,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         noise_regularization=None,
         random_state=args.seed,
     )
-    print("inverse problem: y ~ U(-1, 1), x = 7 sin(5y) + 0.5y + 0.5 eps; fit p(y | x), K=3")
+    print(
+        "inverse problem: y ~ U(-1, 1), x = 7 sin(5y) + 0.5y + 0.5 eps; fit p(y | x) with "
+        f"K=3 components per network, {model.n_estimators} networks averaged"
+    )
     start = time.perf_counter()
     model.fit(X, y)
     seconds = time.perf_counter() - start
