@@ -603,7 +603,7 @@ def format_report(rows: Sequence[dict[str, Any]], data_dir: Path | None = None) 
             fit_s = float(np.mean([float(r["fit_seconds"]) for r in m_rows]))
             lines.append(
                 f"{method:<{width}}{len(m_rows):>3}  {_fmt(*stats['nll'], '.3f'):>16}  "
-                f"{nll_sd:>5.2f}  "
+                f"{'' if math.isnan(nll_sd) else f'{nll_sd:.2f}':>5}  "
                 f"{_fmt(*stats['rmse'], '#.3g'):>18}  {_fmt(*stats['crps'], '#.3g'):>18}  "
                 f"{cov:>6.3f}  {fit_s:>7.1f}"
             )
