@@ -12,9 +12,9 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from mixture_density._demo import inverse_problem_data, true_conditional_log_prob
 from mixture_density._ensemble import _Stacked, fit_members
 from mixture_density._errors import MixtureDensityError
-from mixture_density.cli import inverse_problem_data, true_conditional_log_prob
 from mixture_density.estimator import MDNRegressor
 from mixture_density.nn import MixtureDensityNetwork
 
