@@ -40,7 +40,7 @@ typecheck: dev
 	$(VENV)/bin/mypy
 
 pytest: dev
-	$(PY) -m pytest -m "not slow" -n 2 -q
+	$(PY) -m pytest -m "not slow" -n 2 -q --doctest-modules tests src/mixture_density
 
 bench-smoke: dev
 	$(PY) benchmarks/speed.py --quick
