@@ -13,7 +13,13 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mixture_density._demo import inverse_problem_data, true_conditional_log_prob
-from mixture_density._ensemble import _Stacked, fit_members
+from mixture_density._ensemble import (
+    _CLIP_GRAD_NORM,
+    _adamw_step,
+    _clip_per_member,
+    _Stacked,
+    fit_members,
+)
 from mixture_density._errors import MixtureDensityError
 from mixture_density.estimator import MDNRegressor
 from mixture_density.nn import MixtureDensityNetwork
@@ -326,6 +332,56 @@ def test_stacked_members_compute_what_each_member_computes(noise_type: str) -> N
         torch.testing.assert_close(grad[m], first.weight.grad, rtol=1e-10, atol=1e-12)
     shared = stacked(x[0]).log_prob(y[0])  # (B, d) inputs are shared by all members
     torch.testing.assert_close(shared[1], members[1](x[0]).log_prob(y[0]), rtol=1e-12, atol=0)
+
+
+def test_direct_fused_adamw_step_is_optimizer_step() -> None:
+    # The hot loop calls the fused AdamW kernel itself; it must update the weights and the
+    # optimizer state bit for bit as ``opt.step()`` does, also after a learning-rate change.
+    torch.manual_seed(0)
+    shapes = [(3, 4, 5), (3, 4), (3, 2, 4)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt_ours = torch.optim.AdamW(ours, lr=1e-2, weight_decay=0.1, fused=True)
+    opt_ref = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, fused=True)
+    for step in range(6):
+        if step == 3:
+            for opt in (opt_ours, opt_ref):
+                opt.param_groups[0]["lr"] = 2.5e-3
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(ours, ref, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        _adamw_step(opt_ours, ours)
+        opt_ref.step()
+    for p, q in zip(ours, ref, strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(
+                opt_ours.state[p][key], opt_ref.state[q][key], rtol=0, atol=0
+            )
+
+
+def test_clip_per_member_scales_each_member_alone() -> None:
+    # Member 0: small gradient (kept), member 1: large (scaled to the bound), member 2:
+    # non-finite (zeroed), each judged on its own norm over all layers.
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)]
+    for g in grads:
+        g[0] *= 1e-3
+        g[1] *= 100.0
+    grads[1][2, 1] = math.inf
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    _clip_per_member(params, 3)
+    clipped = [p.grad for p in params]
+    assert all(g is not None for g in clipped)
+    norm = [math.sqrt(sum(float(g[m].square().sum()) for g in grads[:2])) for m in range(2)]
+    for g, c in zip(grads, clipped, strict=True):
+        assert c is not None
+        torch.testing.assert_close(c[0], g[0], rtol=1e-12, atol=0)
+        factor = _CLIP_GRAD_NORM / (norm[1] + 1e-6)
+        torch.testing.assert_close(c[1], g[1] * factor, rtol=1e-12, atol=0)
+        assert bool((c[2] == 0).all())
 
 
 def test_batched_members_keep_the_best_mixture_epoch() -> None:

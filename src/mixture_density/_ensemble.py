@@ -108,7 +108,9 @@ class _Stacked(nn.Module):
             head.min_scale,
             fixed_scale=head.fixed_scale,
         )
-        return GaussianMixture(logits.contiguous(), loc.contiguous(), **params)
+        # No argument checks: they cost a sync and several kernels per step, and the hot loop
+        # already zeroes non-finite gradients (``_clip_per_member``).
+        return GaussianMixture(logits.contiguous(), loc.contiguous(), **params, validate_args=False)
 
     @torch.no_grad()
     def copy_into(self, members: Sequence[MixtureDensityNetwork]) -> None:
@@ -189,10 +191,11 @@ def fit_members(
                 yb = yb + std_y * torch.randn(yb.shape, generator=gen, device=device)
             nll = -model(xb).log_prob(yb)  # (M, B)
             loss_m = nll.mean(1)  # (M,)
-            opt.zero_grad(set_to_none=True)
+            for p in params:  # as opt.zero_grad(set_to_none=True), without its profiler hooks
+                p.grad = None
             loss_m.sum().backward()
             _clip_per_member(params, M)
-            opt.step()
+            _adamw_step(opt, params)
             total += nll.detach().sum(1).double()
         train_nll = (total / n).tolist()
 
@@ -279,14 +282,63 @@ def _adamw(
 
 
 @torch.no_grad()
+def _adamw_step(opt: torch.optim.AdamW, params: list[nn.Parameter]) -> None:
+    """``opt.step()``; for fused AdamW, the fused kernel called directly.
+
+    ``Optimizer.step`` wraps the kernel in hooks, profiler records and per-step state
+    gathering that cost about as much as the kernel itself on these small tensors. Once
+    ``opt.step()`` has created the state (first step), this does exactly what torch's
+    ``_fused_adam`` does for one CPU/CUDA parameter group without gradient scaling:
+    increment the step counters, then one ``torch._fused_adamw_`` call.
+    """
+    group = opt.param_groups[0]
+    state = [opt.state.get(p) for p in params]
+    direct = (
+        group.get("fused")
+        and len(opt.param_groups) == 1
+        and not group["amsgrad"]
+        and not group["maximize"]
+        and not isinstance(group["lr"], Tensor)
+        and all(st for st in state)
+        and all(p.grad is not None for p in params)
+    )
+    if not direct:
+        opt.step()
+        return
+    steps = [st["step"] for st in state if st is not None]
+    torch._foreach_add_(steps, 1)
+    beta1, beta2 = group["betas"]
+    tensors: list[Tensor] = list(params)
+    torch._fused_adamw_(
+        tensors,
+        [p.grad for p in params if p.grad is not None],
+        [st["exp_avg"] for st in state if st is not None],
+        [st["exp_avg_sq"] for st in state if st is not None],
+        [],
+        steps,
+        amsgrad=False,
+        lr=float(group["lr"]),
+        beta1=float(beta1),
+        beta2=float(beta2),
+        weight_decay=float(group["weight_decay"]),
+        eps=float(group["eps"]),
+        maximize=False,
+        grad_scale=None,
+        found_inf=None,
+    )
+
+
+@torch.no_grad()
 def _clip_per_member(params: Sequence[Tensor], M: int) -> None:
     """Scale each member's gradient to global norm <= ``_CLIP_GRAD_NORM``; zero non-finite ones."""
     grads = [p.grad for p in params if p.grad is not None]
     sq = torch.stack([g.reshape(M, -1).square().sum(1) for g in grads]).sum(0)  # (M,)
     norm = sq.sqrt()
+    finite = torch.isfinite(norm)
     factor = (_CLIP_GRAD_NORM / (norm + _NORM_EPS)).clamp(max=1.0)
-    factor = torch.where(torch.isfinite(norm), factor, torch.zeros_like(factor))
-    for g in grads:
-        g.mul_(factor.view(M, *([1] * (g.dim() - 1))))
-        if not bool(torch.isfinite(norm).all()):
+    factor = torch.where(finite, factor, torch.zeros_like(factor))
+    # One multi-tensor kernel for all layers, and one host sync per step (not per layer).
+    torch._foreach_mul_(grads, [factor.view(M, *([1] * (g.dim() - 1))) for g in grads])
+    if not bool(finite.all()):
+        for g in grads:
             torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
