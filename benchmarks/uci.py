@@ -389,7 +389,7 @@ def mdn_import_error() -> str | None:
     """``None`` when ``MDNRegressor`` imports, else why not."""
     try:
         from mixture_density.estimator import MDNRegressor  # noqa: F401
-    except Exception as error:  # any failure of an unfinished module means "skip the mdn"
+    except ImportError as error:  # scikit-learn (the `sklearn` extra) is missing
         return f"{type(error).__name__}: {error}"
     return None
 
@@ -398,23 +398,14 @@ def library_revision() -> str:
     """Short git commit of the project, ``+dirty`` when ``src/`` has uncommitted changes."""
     import subprocess
 
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "src")
     except (OSError, subprocess.SubprocessError):
         return ""  # not a git checkout (e.g. an installed copy): leave the column empty
     return commit + ("+dirty" if dirty else "")

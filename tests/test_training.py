@@ -443,7 +443,8 @@ def test_mixed_precision_keeps_likelihood_in_model_dtype() -> None:
     assert nll.dtype == torch.float32 and nll.shape == (8,)
     assert not torch.equal(nll, model.loss(x, y))  # autocast did lower the backbone
     # Only the backbone ran in bf16: the result is within bf16 round-off of the fp32 loss.
-    assert torch.allclose(nll, model.loss(x, y), rtol=0.05, atol=0.05)
+    # bf16 epsilon is 2**-7 ~ 7.8e-3; measured difference here ~8e-4.
+    assert torch.allclose(nll, model.loss(x, y), rtol=1e-2, atol=1e-2)
     other = LossModule(Gauss(2, 2), torch.bfloat16, "cpu")
     assert not other.split and other(x, y).dtype == torch.float32
 

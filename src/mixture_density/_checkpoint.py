@@ -9,9 +9,7 @@ to run pickled code, and written atomically, so a crash leaves the previous file
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from . import _distributed as _dist
+from ._serialization import atomic_path
 
 __all__ = [
     "CKPT_VERSION",
@@ -52,8 +51,8 @@ PROGRESS_KEYS = (
 def atomic_save(obj: Any, path: str) -> None:
     """Writes ``obj`` to ``path`` so that a crash leaves either the old or the new file.
 
-    The payload goes to a temporary file in the same directory (so that :func:`os.replace`
-    is an atomic rename on one filesystem), is flushed to disk, then renamed over ``path``.
+    The payload goes to a temporary file next to ``path`` (``_serialization.atomic_path``),
+    is flushed to disk, then renamed over ``path``.
 
     Example:
         >>> import os, tempfile
@@ -62,19 +61,12 @@ def atomic_save(obj: Any, path: str) -> None:
         >>> torch.load(path, weights_only=True)
         {'epoch': 3}
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        # A checkpoint must survive a machine crash, not only a process crash.
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

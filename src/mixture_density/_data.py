@@ -37,7 +37,8 @@ DEVICE_RESIDENT_BYTES = 1 << 30
 EVAL_BATCH = 4096
 #: A column whose standard deviation is below this many ulps of its magnitude is constant up
 #: to rounding: :meth:`Moments.standardize` centres it and leaves it unscaled (scale 1) instead
-#: of blowing rounding noise up to unit variance (the estimator's in-memory rule).
+#: of blowing rounding noise up to unit variance; the estimator's in-memory standardization uses
+#: the same rule (:func:`guarded_scale`), as sklearn's StandardScaler does.
 CONSTANT_SPREAD_ULPS = 10.0
 
 #: ``(x (m, d), y (m, D)) -> (x', y')`` applied by :class:`CSVChunkDataset` to each chunk.
@@ -500,6 +501,13 @@ class CSVChunkDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
             yield from zip(xt, yt)
 
 
+def guarded_scale(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``std`` with 1 for columns constant up to rounding (see ``CONSTANT_SPREAD_ULPS``)."""
+    eps = float(np.finfo(np.float64).eps)
+    tiny = CONSTANT_SPREAD_ULPS * eps * np.maximum(np.abs(mean), 1.0)
+    return np.where(std > tiny, std, 1.0)
+
+
 @dataclass
 class Moments:
     """Column means and standard deviations (``ddof=0``, as numpy's default), float64."""
@@ -513,12 +521,7 @@ class Moments:
     def scales(self) -> tuple[np.ndarray, np.ndarray]:
         """``(scale_x, scale_y)``: the stds, with 1 for columns constant up to rounding."""
 
-        def guarded(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-            eps = float(np.finfo(np.float64).eps)
-            tiny = CONSTANT_SPREAD_ULPS * eps * np.maximum(np.abs(mean), 1.0)
-            return np.where(std > tiny, std, 1.0)
-
-        return guarded(self.mean_x, self.std_x), guarded(self.mean_y, self.std_y)
+        return guarded_scale(self.mean_x, self.std_x), guarded_scale(self.mean_y, self.std_y)
 
     def standardize(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``((x - mean_x) / scale_x, (y - mean_y) / scale_y)`` for ``x (m, d)``, ``y (m, D)``.

@@ -31,17 +31,17 @@ from torch import Tensor, nn
 from .distribution import GaussianMixture
 from .nn import MixtureDensityNetwork
 from .noise import scale_parameters
-from .training import FitResult, _noise_stds
+from .training import (
+    DEFAULT_CLIP_GRAD_NORM,
+    LR_FACTOR,
+    MIN_LR_FACTOR,
+    FitResult,
+    _noise_stds,
+    plateau_patience,
+)
 
 __all__ = ["fit_members"]
 
-# Same plateau rule as ``training.fit``: halve the rate after max(1, patience // 4) epochs
-# without a better (mean) validation NLL, never below lr * _MIN_LR_FACTOR.
-_LR_FACTOR = 0.5
-_MIN_LR_FACTOR = 1e-3
-# Per-member gradient-norm bound, as ``training.fit``'s default ``clip_grad_norm``: it tames
-# the large gradients of components whose variance collapses onto a few targets.
-_CLIP_GRAD_NORM = 10.0
 # Which weights each member keeps: "member" (its own best validation epoch, the classic
 # deep-ensemble recipe) or "mixture" (all members at the epoch of the best combined mixture).
 SELECTION = "mixture"
@@ -169,7 +169,7 @@ def fit_members(
     best_epoch = torch.zeros(M, dtype=torch.long)
     best_state = [p.detach().clone() for p in params]
     histories: list[list[dict[str, float]]] = [[] for _ in range(M)]
-    plateau = max(1, patience // 4) if patience else 5
+    plateau = plateau_patience(patience)  # the same schedule as training.fit's "plateau"
     # The combined mixture (mean density of the members) decides when to stop and when to
     # lower the rate; per-member criteria would let one slowly improving member keep all M
     # training (it did on wine, whose integer targets reward ever sharper spikes).
@@ -221,8 +221,8 @@ def fit_members(
                     b.copy_(p.detach())
             else:
                 bad_mix += 1
-                if bad_mix > plateau and current_lr > lr * _MIN_LR_FACTOR:
-                    current_lr = max(current_lr * _LR_FACTOR, lr * _MIN_LR_FACTOR)
+                if bad_mix > plateau and current_lr > lr * MIN_LR_FACTOR:
+                    current_lr = max(current_lr * LR_FACTOR, lr * MIN_LR_FACTOR)
                     for group in opt.param_groups:
                         group["lr"] = current_lr
                     bad_mix = 0
@@ -330,12 +330,12 @@ def _adamw_step(opt: torch.optim.AdamW, params: list[nn.Parameter]) -> None:
 
 @torch.no_grad()
 def _clip_per_member(params: Sequence[Tensor], M: int) -> None:
-    """Scale each member's gradient to global norm <= ``_CLIP_GRAD_NORM``; zero non-finite ones."""
+    """Scale each member's gradient to norm <= ``DEFAULT_CLIP_GRAD_NORM``; zero non-finite ones."""
     grads = [p.grad for p in params if p.grad is not None]
     sq = torch.stack([g.reshape(M, -1).square().sum(1) for g in grads]).sum(0)  # (M,)
     norm = sq.sqrt()
     finite = torch.isfinite(norm)
-    factor = (_CLIP_GRAD_NORM / (norm + _NORM_EPS)).clamp(max=1.0)
+    factor = (DEFAULT_CLIP_GRAD_NORM / (norm + _NORM_EPS)).clamp(max=1.0)
     factor = torch.where(finite, factor, torch.zeros_like(factor))
     # One multi-tensor kernel for all layers, and one host sync per step (not per layer).
     torch._foreach_mul_(grads, [factor.view(M, *([1] * (g.dim() - 1))) for g in grads])

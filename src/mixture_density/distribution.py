@@ -392,7 +392,10 @@ class GaussianMixture(Distribution):
         if not isinstance(value, Tensor):
             value = torch.as_tensor(value, dtype=self.dtype, device=self._loc.device)
         D = self.event_shape[0]
-        expected = f"(*sample, *batch, D) = (..., {', '.join(map(str, (*self.batch_shape, D)))})"
+
+        def expected() -> str:  # built only for an error: log_prob is the training hot path
+            return f"(*sample, *batch, D) = (..., {', '.join(map(str, (*self.batch_shape, D)))})"
+
         if value.dim() < 1 or value.shape[-1] != D:
             hint = (
                 "; for D == 1 add the event dim, e.g. value.unsqueeze(-1)"
@@ -400,7 +403,7 @@ class GaussianMixture(Distribution):
                 else ""
             )
             raise ValueError(
-                f"{name} must have shape {expected}, got {tuple(value.shape)}: its last dim "
+                f"{name} must have shape {expected()}, got {tuple(value.shape)}: its last dim "
                 f"must be the event dim D = {D}{hint}"
             )
         n = len(self.batch_shape)
@@ -409,7 +412,7 @@ class GaussianMixture(Distribution):
             vb = torch.Size((1,) * (n - len(vb))) + vb
             if any(a not in (1, b) for a, b in zip(vb, self.batch_shape)):
                 raise ValueError(
-                    f"{name} must have shape {expected}, got {tuple(value.shape)}: its batch "
+                    f"{name} must have shape {expected()}, got {tuple(value.shape)}: its batch "
                     f"dims {tuple(vb)} do not broadcast to batch_shape {tuple(self.batch_shape)}"
                 )
         value = value.to(dtype=self.dtype)

@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
 
 
 from . import __version__
+from ._data import guarded_scale
 from ._ensemble import fit_members
 from ._errors import MixtureDensityError
 from ._serialization import read_checkpoint, write_checkpoint
@@ -77,11 +78,6 @@ DEFAULTS: Mapping[str, Any] = {
     "patience": 30,
     "noise_regularization": None,
 }
-
-# A feature or target whose standard deviation is below this many ulps of its magnitude is
-# constant up to rounding: dividing by it would blow rounding noise up to unit variance, so
-# it is centred and left unscaled (scale 1), as sklearn's StandardScaler does.
-_CONSTANT_SPREAD_ULPS = 10.0
 
 # Rows per forward pass at prediction time: bounds the activation memory for large inputs.
 _PREDICT_CHUNK_ROWS = 65536
@@ -656,9 +652,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
 def _standardization(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column means and standard deviations of ``(n, p)`` data; near-constant columns get 1."""
     mean = A.mean(axis=0)
-    scale = A.std(axis=0)
-    tiny = _CONSTANT_SPREAD_ULPS * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)
-    return mean, np.where(scale > tiny, scale, 1.0)
+    return mean, guarded_scale(mean, A.std(axis=0))
 
 
 def _component_parts(dist: GaussianMixture) -> tuple[str, Tensor]:

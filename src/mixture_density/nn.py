@@ -516,7 +516,7 @@ class MixtureDensityNetwork(nn.Module):
                 f"y must have shape {accepted} to match x of shape {tuple(x.shape)}, "
                 f"got {tuple(y.shape)}."
             )
-        return -self(x).log_prob(y)
+        return -self.head(self.backbone(x)).log_prob(y)  # x is checked above, not again
 
     def sample(self, x: Tensor, sample_shape: int | Sequence[int] = ()) -> Tensor:
         """Draws from ``p(y | x)`` (no gradient).

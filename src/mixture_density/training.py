@@ -45,6 +45,20 @@ STOP_INTERRUPTED = "interrupted"
 STOP_NON_FINITE = "non_finite"
 _STOP_CODES = {1: STOP_EARLY, 2: STOP_CALLBACK, 3: STOP_NON_FINITE}
 
+# The "plateau" schedule (shared with the batched ensemble in ``_ensemble``): multiply the rate
+# by LR_FACTOR after ``plateau_patience(patience)`` epochs without a better validation NLL,
+# never below ``lr * MIN_LR_FACTOR``.
+LR_FACTOR = 0.5
+MIN_LR_FACTOR = 1e-3
+# Gradient-norm bound by default: it tames the large gradients of components whose variance
+# collapses onto a few targets.
+DEFAULT_CLIP_GRAD_NORM = 10.0
+
+
+def plateau_patience(patience: int | None) -> int:
+    """Epochs without improvement before the plateau schedule lowers the rate."""
+    return max(1, patience // 4) if patience else 5
+
 
 @dataclass
 class FitResult:
@@ -156,7 +170,7 @@ def fit(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     lr_schedule: str = "plateau",
-    clip_grad_norm: float | None = 10.0,
+    clip_grad_norm: float | None = DEFAULT_CLIP_GRAD_NORM,
     patience: int | None = 20,
     noise_regularization: float | tuple[float, float] | str | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
@@ -386,9 +400,12 @@ class _Run:
         self.opt = torch.optim.AdamW(model.parameters(), lr=a["lr"], weight_decay=a["weight_decay"])
         self.sched: Any = None
         if a["lr_schedule"] == "plateau":
-            plateau = max(1, a["patience"] // 4) if a["patience"] else 5
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.opt, mode="min", factor=0.5, patience=plateau, min_lr=a["lr"] * 1e-3
+                self.opt,
+                mode="min",
+                factor=LR_FACTOR,
+                patience=plateau_patience(a["patience"]),
+                min_lr=a["lr"] * MIN_LR_FACTOR,
             )
         elif a["lr_schedule"] == "cosine":
             self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=a["epochs"])
