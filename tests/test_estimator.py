@@ -13,16 +13,13 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mixture_density._demo import inverse_problem_data, true_conditional_log_prob
-from mixture_density._ensemble import (
-    _adamw_step,
-    _clip_per_member,
-    _Stacked,
-    fit_members,
-)
+from mixture_density._ensemble import StackedMDN, member_results
 from mixture_density._errors import MixtureDensityError
+from mixture_density._loop import Trainer
+from mixture_density._options import FitOptions
 from mixture_density.estimator import MDNRegressor
 from mixture_density.nn import MixtureDensityNetwork
-from mixture_density.training import DEFAULT_CLIP_GRAD_NORM
+from mixture_density.training import DEFAULT_CLIP_GRAD_NORM, fit
 
 # Small, fast settings for fits whose quality does not matter.
 FAST = {"hidden_dims": (16,), "epochs": 15, "batch_size": 64}
@@ -315,7 +312,7 @@ def test_stacked_members_compute_what_each_member_computes(noise_type: str) -> N
         ).double()
         for _ in range(3)
     ]
-    stacked = _Stacked(members)
+    stacked = StackedMDN(members)
     x = torch.randn(3, 7, 3, dtype=torch.float64)  # (M, B, d): each member its own rows
     y = torch.randn(3, 7, 2, dtype=torch.float64)
     lp = stacked(x).log_prob(y)  # (M, B)
@@ -327,37 +324,11 @@ def test_stacked_members_compute_what_each_member_computes(noise_type: str) -> N
         own.sum().backward()
         first = next(iter(member.backbone.children()))
         assert isinstance(first, torch.nn.Linear) and first.weight.grad is not None
-        grad = stacked.weights[0].grad
-        assert grad is not None
+        assert stacked.flat.grad is not None
+        grad = stacked.unflatten(stacked.flat.grad)[0]  # the first layer's weights
         torch.testing.assert_close(grad[m], first.weight.grad, rtol=1e-10, atol=1e-12)
     shared = stacked(x[0]).log_prob(y[0])  # (B, d) inputs are shared by all members
     torch.testing.assert_close(shared[1], members[1](x[0]).log_prob(y[0]), rtol=1e-12, atol=0)
-
-
-def test_direct_fused_adamw_step_is_optimizer_step() -> None:
-    # The hot loop calls the fused AdamW kernel itself; it must update the weights and the
-    # optimizer state bit for bit as ``opt.step()`` does, also after a learning-rate change.
-    torch.manual_seed(0)
-    shapes = [(3, 4, 5), (3, 4), (3, 2, 4)]
-    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
-    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    opt_ours = torch.optim.AdamW(ours, lr=1e-2, weight_decay=0.1, fused=True)
-    opt_ref = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, fused=True)
-    for step in range(6):
-        if step == 3:
-            for opt in (opt_ours, opt_ref):
-                opt.param_groups[0]["lr"] = 2.5e-3
-        grads = [torch.randn(s) for s in shapes]
-        for p, q, g in zip(ours, ref, grads, strict=True):
-            p.grad, q.grad = g.clone(), g.clone()
-        _adamw_step(opt_ours, ours)
-        opt_ref.step()
-    for p, q in zip(ours, ref, strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
-        for key in ("step", "exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(
-                opt_ours.state[p][key], opt_ref.state[q][key], rtol=0, atol=0
-            )
 
 
 def test_clip_per_member_scales_each_member_alone() -> None:
@@ -372,7 +343,12 @@ def test_clip_per_member_scales_each_member_alone() -> None:
     params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
-    _clip_per_member(params, 3)
+    # The training loop's clipping, for a model of 3 stacked members.
+    model = torch.nn.ParameterList(params)
+    model.n_members = 3  # type: ignore[assignment]
+    trainer = Trainer(model, torch.device("cpu"), None, FitOptions())  # type: ignore[arg-type]
+    trainer.params = params
+    trainer._clip(torch.ones(3, dtype=torch.bool))
     clipped = [p.grad for p in params]
     assert all(g is not None for g in clipped)
     norm = [math.sqrt(sum(float(g[m].square().sum()) for g in grads[:2])) for m in range(2)]
@@ -390,19 +366,21 @@ def test_batched_members_keep_the_best_mixture_epoch() -> None:
     Yt = torch.as_tensor(y[:, None], dtype=torch.float32)
     torch.manual_seed(1)
     members = [MixtureDensityNetwork(1, 1, 2, hidden_dims=(16,)) for _ in range(3)]
-    results = fit_members(
-        members,
-        (Xt[:200], Yt[:200]),
-        (Xt[200:], Yt[200:]),
+    stacked = StackedMDN(members)
+    result = fit(
+        stacked,
+        Xt[:200],
+        Yt[:200],
+        val_data=(Xt[200:], Yt[200:]),
         epochs=60,
         batch_size=32,
         lr=1e-2,
-        weight_decay=0.0,
         patience=5,
-        noise_regularization=None,
         seed=0,
-        device=torch.device("cpu"),
+        verbose=False,
     )
+    stacked.copy_into(members)
+    results = member_results(result, 3)
     assert len(results) == 3
     history = results[0].history
     mixture = [r["val_nll_mixture"] for r in history]

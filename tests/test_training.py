@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from mixture_density._loss import LossModule
-from mixture_density.training import FitResult, _noise_stds, fit
+from mixture_density._options import noise_stds as _noise_stds
+from mixture_density.training import FitResult, fit
 
 D = torch.distributions
 

@@ -136,12 +136,17 @@ class TensorBatches:
     multiple of ``world_size`` by repeating its head (as ``DistributedSampler`` does, so all
     ranks run the same number of steps) and keeps every ``world_size``-th index.
 
+    With ``members = M > 1`` (a batched ensemble) every member draws its own permutation and
+    the batches are ``(M, B, ...)``: row ``m`` holds member ``m``'s minibatch.
+
     Args:
         X: inputs ``(n, ...)``.
         y: targets ``(n, D)``.
         batch_size: rows per rank and step.
         shuffle: draw a fresh permutation from ``generator`` at each :meth:`batches` call.
         rank, world_size: this process's shard.
+        pad: repeat the head of the order so that every rank gets as many rows.
+        members: number of independent orders (ensemble members).
     """
 
     def __init__(
@@ -154,41 +159,48 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         pad: bool = True,
+        members: int = 1,
     ) -> None:
         self.X, self.y = X, y
+        self.members = members
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.rank, self.world_size = rank, world_size
         self.pad = pad
 
     def __len__(self) -> int:
-        return math.ceil(self._indices(None).numel() / self.batch_size)
+        return math.ceil(self._indices(None).shape[-1] / self.batch_size)
 
     @property
     def n_rows(self) -> int:
         return int(self.X.shape[0])
 
     def _indices(self, generator: torch.Generator | None) -> torch.Tensor:
-        n = self.n_rows
+        """``(n,)`` order, or ``(M, n)`` orders for ``members = M > 1``."""
+        n, M = self.n_rows, self.members
         if self.shuffle and generator is not None:
-            order = torch.randperm(n, generator=generator)
+            if M > 1:
+                order = torch.argsort(torch.rand(M, n, generator=generator), dim=1)
+            else:
+                order = torch.randperm(n, generator=generator)
         else:
-            order = torch.arange(n)
+            order = torch.arange(n) if M == 1 else torch.arange(n).expand(M, n)
         if self.world_size > 1:
             if self.pad:
                 total = math.ceil(n / self.world_size) * self.world_size
                 if total > n:
-                    order = torch.cat([order, order[: total - n]])
-            order = order[self.rank :: self.world_size]
+                    order = torch.cat([order, order[..., : total - n]], dim=-1)
+            order = order[..., self.rank :: self.world_size]
         return order
 
     def batches(
         self, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yields ``(xb (B, ...), yb (B, D))``; consumes ``generator`` once when shuffling."""
+        """Yields ``(xb (B, ...), yb (B, D))`` (with members: ``(M, B, ...)``); consumes
+        ``generator`` once when shuffling."""
         order = self._indices(generator).to(self.X.device)
-        for start in range(0, order.numel(), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for start in range(0, order.shape[-1], self.batch_size):
+            idx = order[..., start : start + self.batch_size]
             yield self.X[idx], self.y[idx]
 
 
@@ -228,12 +240,21 @@ def _tensor_source(
     *,
     train: bool,
     name: str,
+    members: int = 1,
 ) -> Source:
     if device.type == "cuda" and X.nbytes + y.nbytes < DEVICE_RESIDENT_BYTES:
         X, y = X.to(device), y.to(device)
-    # Validation shards are disjoint and unpadded, so the summed NLL counts each row once.
+    # Validation shards are disjoint and unpadded, so the summed NLL counts each row once;
+    # validation rows are shared by all members (one batch scores every member).
     tb = TensorBatches(
-        X, y, batch, shuffle=train, rank=ctx.rank, world_size=ctx.world_size, pad=train
+        X,
+        y,
+        batch,
+        shuffle=train,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        pad=train,
+        members=members if train else 1,
     )
     return Source(tb, n_rows=int(X.shape[0]), name=name)
 
@@ -274,11 +295,15 @@ def build_sources(
     gen: torch.Generator,
     dtype: torch.dtype,
     device: torch.device,
+    *,
+    members: int = 1,
 ) -> tuple[Source, Source | None]:
     """Turns fit's data arguments into training and validation sources.
 
     ``val_fraction`` splits ``X, y`` or a map-style ``train_data`` with ``gen`` (identically
-    seeded on every rank); it is ignored for DataLoaders and IterableDatasets.
+    seeded on every rank); it is ignored for DataLoaders and IterableDatasets. With
+    ``members > 1``, in-memory training rows come in one independent order per member
+    (``(M, B, ...)`` batches); other sources give every member the same ``(B, ...)`` batch.
     """
     if train_data is not None and (X is not None or y is not None):
         raise ValueError("pass either X and y or train_data, not both")
@@ -312,7 +337,8 @@ def build_sources(
             Xv, yv = Xt[perm[:n_val]], yt[perm[:n_val]]
             Xt, yt = Xt[perm[n_val:]], yt[perm[n_val:]]
             val = _tensor_source(Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val split")
-        return _tensor_source(Xt, yt, batch, ctx, device, train=True, name="X, y"), val
+        train = _tensor_source(Xt, yt, batch, ctx, device, train=True, name="X, y", members=members)
+        return train, val
 
     if isinstance(train_data, DataLoader):
         ds_len = getattr(train_data.dataset, "__len__", None)

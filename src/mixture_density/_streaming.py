@@ -38,8 +38,6 @@ from ._errors import MixtureDensityError
 
 if TYPE_CHECKING:
     from .estimator import MDNRegressor
-    from .nn import MixtureDensityNetwork
-    from .training import FitResult
 
 __all__ = ["StreamedCSV", "fit_streamed", "scan_csv"]
 
@@ -360,35 +358,8 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
             **est._training_kwargs(),
         )
     y_1d = len(data.targets) == 1
-    _set_fitted(est, model, result, (mean_x, scale_x), (mean_y, scale_y), y_1d)
+    val = None
     if data.n_val:
-        y_val = data.y_val[:, 0] if y_1d else data.y_val
-        est.val_nll_ = float(-np.mean(est.log_prob(data.x_val, y_val)))
-    else:
-        est.val_nll_ = float("nan")
+        val = (data.x_val, data.y_val[:, 0] if y_1d else data.y_val)
+    est._set_fitted([model], [result], (mean_x, scale_x), (mean_y, scale_y), y_1d, val_data=val)
     return est
-
-
-# ----------------------------------------------------------------------------------------------
-# The fitted state that MDNRegressor.fit leaves
-# ----------------------------------------------------------------------------------------------
-
-
-def _set_fitted(
-    est: MDNRegressor,
-    model: MixtureDensityNetwork,
-    result: FitResult,
-    x_stats: tuple[np.ndarray, np.ndarray],
-    y_stats: tuple[np.ndarray, np.ndarray],
-    y_1d: bool,
-) -> None:
-    """Sets the attributes ``MDNRegressor.fit`` sets, except ``val_nll_`` (the caller's)."""
-    est.n_features_in_ = int(x_stats[0].shape[0])
-    est.x_mean_, est.x_scale_ = (np.asarray(s, dtype=np.float64) for s in x_stats)
-    est.y_mean_, est.y_scale_ = (np.asarray(s, dtype=np.float64) for s in y_stats)
-    est.n_outputs_ = int(y_stats[0].shape[0])
-    est._y_1d = y_1d
-    est.models_ = [model.eval()]
-    est.model_ = model
-    est.fit_results_ = [result]
-    est.history_ = list(result.history)

@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
 
 from . import __version__
 from ._data import guarded_scale
-from ._ensemble import fit_members
+from ._ensemble import StackedMDN, member_results
 from ._errors import MixtureDensityError
 from ._serialization import read_checkpoint, write_checkpoint
 from .distribution import GaussianMixture
@@ -253,11 +253,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
         n = X.shape[0]
 
-        self.x_mean_, self.x_scale_ = _standardization(X)
-        self.y_mean_, self.y_scale_ = _standardization(Y)
-        self.n_outputs_ = Y.shape[1]
-        self._y_1d = y_1d
-
+        x_stats, y_stats = _standardization(X), _standardization(Y)
         rng = check_random_state(self.random_state)
         n_val = math.floor(self.val_fraction * n)
         if n_val >= 1 and n - n_val >= 1:
@@ -267,53 +263,63 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             val_rows, train_rows = np.arange(0), np.arange(n)
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=self.n_estimators)]
 
-        Xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)
-        Ys = torch.as_tensor((Y - self.y_mean_) / self.y_scale_, dtype=torch.float32)
+        Xs = torch.as_tensor((X - x_stats[0]) / x_stats[1], dtype=torch.float32)
+        Ys = torch.as_tensor((Y - y_stats[0]) / y_stats[1], dtype=torch.float32)
         train_data = (Xs[train_rows], Ys[train_rows])
         val_data = (Xs[val_rows], Ys[val_rows]) if len(val_rows) else None
-
-        self.models_: list[MixtureDensityNetwork] = []
-        self.fit_results_: list[FitResult] = []
-        for seed in seeds:
-            self.models_.append(self._new_network(X.shape[1], self.n_outputs_, train_data[1], seed))
-        if len(self.models_) > 1:
-            # All members in one batched model: about the cost of one network on small data.
-            self.fit_results_ = fit_members(
-                self.models_,
-                train_data,
-                val_data,
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                patience=self.patience,
-                noise_regularization=self.noise_regularization,
+        members = [self._new_network(X.shape[1], Y.shape[1], train_data[1], s) for s in seeds]
+        # Several networks train at once as one batched model: about the cost of one network
+        # on small data (the loop gives each member its own minibatches and gradient).
+        model = members[0] if len(members) == 1 else StackedMDN(members)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeds[0])
+            result = _train(
+                model,
+                *train_data,
+                val_data=val_data,
+                val_fraction=0.0,  # the split is ours (shared with val_nll_ below)
                 seed=seeds[0],
-                device=_resolve_device(self.device),
+                distributed=distributed,
+                **self._training_kwargs(),
             )
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seeds[0])
-                result = _train(
-                    self.models_[0],
-                    *train_data,
-                    val_data=val_data,
-                    val_fraction=0.0,  # the split is ours (shared with log_prob below)
-                    seed=seeds[0],
-                    distributed=distributed,
-                    **self._training_kwargs(),
-                )
-            self.fit_results_ = [result]
-        for model in self.models_:
-            model.eval()
-        self.model_ = self.models_[0]
-        self.history_ = list(self.fit_results_[0].history)
-
-        if len(val_rows):
-            self.val_nll_ = float(-np.mean(self.log_prob(X[val_rows], y[val_rows])))
-        else:
-            self.val_nll_ = float("nan")
+        results = [result]
+        if isinstance(model, StackedMDN):
+            model.copy_into(members)
+            device = next(model.parameters()).device
+            members = [m.to(device) for m in members]
+            results = member_results(result, len(members))
+        val = (X[val_rows], y[val_rows]) if len(val_rows) else None
+        self._set_fitted(members, results, x_stats, y_stats, y_1d, val_data=val)
         return self
+
+    def _set_fitted(
+        self,
+        models: Sequence[MixtureDensityNetwork],
+        results: Sequence[FitResult],
+        x_stats: tuple[np.ndarray, np.ndarray],
+        y_stats: tuple[np.ndarray, np.ndarray],
+        y_1d: bool,
+        *,
+        val_data: tuple[np.ndarray, np.ndarray] | None = None,
+        val_nll: float | None = None,
+    ) -> None:
+        """Sets every fitted attribute; the one place that does (fit, streamed fit, load).
+
+        ``val_nll_`` is scored on ``val_data`` (original units) when given, else taken from
+        ``val_nll`` (``None``: no validation, ``nan``).
+        """
+        self.n_features_in_ = int(x_stats[0].shape[0])
+        self.x_mean_, self.x_scale_ = (np.asarray(v, dtype=np.float64) for v in x_stats)
+        self.y_mean_, self.y_scale_ = (np.asarray(v, dtype=np.float64) for v in y_stats)
+        self.n_outputs_ = int(y_stats[0].shape[0])
+        self._y_1d = bool(y_1d)
+        self.models_: list[MixtureDensityNetwork] = [m.eval() for m in models]
+        self.model_ = self.models_[0]
+        self.fit_results_: list[FitResult] = list(results)
+        self.history_ = list(self.fit_results_[0].history)
+        if val_data is not None:
+            val_nll = float(-np.mean(self.log_prob(*val_data)))
+        self.val_nll_ = math.nan if val_nll is None else float(val_nll)
 
     def _check_params(self) -> None:
         for name in ("n_components", "n_estimators", "epochs", "batch_size", "patience"):
@@ -588,29 +594,29 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             params["device"] = device
         est = cls(**params)
         target = _resolve_device(est.device)
-        est.n_features_in_ = int(config["n_features_in"])
-        est.n_outputs_ = int(config["n_outputs"])
-        est._y_1d = bool(config["y_1d"])
-        if "feature_names_in" in config:
-            est.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
-        for name in ("x_mean", "x_scale", "y_mean", "y_scale"):
-            setattr(est, f"{name}_", tensors[name].numpy().astype(np.float64))
-        est.models_ = []
+        n_features, n_outputs = int(config["n_features_in"]), int(config["n_outputs"])
+        models = []
         for i in range(int(params["n_estimators"])):
             prefix = f"models.{i}."
             state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            model = est._build_network(est.n_features_in_, est.n_outputs_)
+            model = est._build_network(n_features, n_outputs)
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as err:
                 raise MixtureDensityError(
                     f"{os.fspath(path)!r}: weights do not fit: {err}"
                 ) from err
-            est.models_.append(model.to(target).eval())
-        est.model_ = est.models_[0]
-        est.fit_results_ = [FitResult(**_from_jsonable(r)) for r in config["fit_results"]]
-        est.history_ = list(est.fit_results_[0].history)
-        est.val_nll_ = float("nan") if config["val_nll"] is None else float(config["val_nll"])
+            models.append(model.to(target))
+        est._set_fitted(
+            models,
+            [FitResult(**_from_jsonable(r)) for r in config["fit_results"]],
+            (tensors["x_mean"].numpy(), tensors["x_scale"].numpy()),
+            (tensors["y_mean"].numpy(), tensors["y_scale"].numpy()),
+            bool(config["y_1d"]),
+            val_nll=config["val_nll"],
+        )
+        if "feature_names_in" in config:
+            est.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
         est.metadata_ = dict(config.get("metadata", {}))
         return est
 
