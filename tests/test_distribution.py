@@ -17,7 +17,8 @@ from torch.distributions import (
     Normal,
 )
 
-from mixture_density import _math
+from mixture_density import _kernels, _math
+from mixture_density._triangular import PackedPrecisionTrilComponents
 from mixture_density.distribution import GaussianMixture
 
 NOISE = ["full_tril", "full_precision", "diagonal", "isotropic", "shared", "fixed"]
@@ -186,11 +187,11 @@ def test_fused_kernels_match_composite(kind: str, D: int) -> None:
     mu = torch.randn(*batch, K, D, dtype=torch.float64, requires_grad=True)
     if kind == "diag":
         fac = (torch.rand(K, 1, dtype=torch.float64) + 0.5).requires_grad_()  # broadcast
-        fused: Callable[..., torch.Tensor] = _math.diag_mixture_log_prob
+        fused: Callable[..., torch.Tensor] = _kernels.diag_mixture_log_prob
         comp = _math.diag_component_log_prob
     else:
         fac = torch.linalg.cholesky(_spd(batch, K, D, torch.float64)).requires_grad_()
-        fused, comp = _math.precision_mixture_log_prob, _math.precision_component_log_prob
+        fused, comp = _kernels.precision_mixture_log_prob, _math.precision_component_log_prob
     a = fused(y, lg, mu, fac)
     b = _math.mixture_log_prob(lg, comp(y, mu, fac))
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -651,9 +652,9 @@ def test_packed_kernel_broadcasts_y_and_matches_dense_gradients() -> None:
     lg = torch.randn(*batch, K, dtype=torch.float64, requires_grad=True)
     mu = torch.randn(K, D, dtype=torch.float64, requires_grad=True)  # shared by the batch
     mu_b = mu.expand(*batch, K, D)
-    a = _math.packed_precision_mixture_log_prob(y, lg, mu_b, diagonal, off)
+    a = _kernels.packed_precision_mixture_log_prob(y, lg, mu_b, diagonal, off)
     P = _math.tril_from_packed(diagonal, off)
-    b = _math.precision_mixture_log_prob(y, lg, mu_b, P)
+    b = _kernels.precision_mixture_log_prob(y, lg, mu_b, P)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(a)
     inputs = (y, lg, mu, diagonal, off)
@@ -716,10 +717,12 @@ def test_packed_validation_and_expand() -> None:
         GaussianMixture.from_packed_precision_tril(logits, loc, 1.0, off)  # type: ignore[arg-type]
     gm = GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off)
     big = gm.expand((5, 3))
-    assert big._packed is not None and big.batch_shape == (5, 3)
+    assert big.parameterization == "precision_tril" and big.batch_shape == (5, 3)
     y = torch.randn(5, 3, 3, dtype=torch.float64)
     # gm sees y as 5 samples (dense fallback), big as its batch (packed kernel).
     torch.testing.assert_close(big.log_prob(y), gm.log_prob(y), rtol=1e-12, atol=1e-12)
+    # The expanded mixture keeps the packed entries (and with them the packed kernel).
+    assert isinstance(big._components, PackedPrecisionTrilComponents)
 
 
 @pytest.mark.parametrize("noise", NOISE)
@@ -774,7 +777,7 @@ def test_fused_kernels_gradcheck(kind: str) -> None:
     args: tuple[torch.Tensor, ...]
     if kind == "diag":
         scale = (torch.rand(*batch, K, D, dtype=torch.float64) + 0.5).requires_grad_()
-        fn: Callable[..., torch.Tensor] = _math.diag_mixture_log_prob
+        fn: Callable[..., torch.Tensor] = _kernels.diag_mixture_log_prob
         args = (y, lg, mu, scale)
     elif kind == "precision":
         P = _math.tril_from_packed(diagonal, off).requires_grad_()
@@ -782,11 +785,11 @@ def test_fused_kernels_gradcheck(kind: str) -> None:
         def fn(
             y: torch.Tensor, lg: torch.Tensor, mu: torch.Tensor, P: torch.Tensor
         ) -> torch.Tensor:
-            return _math.precision_mixture_log_prob(y, lg, mu, P.tril())
+            return _kernels.precision_mixture_log_prob(y, lg, mu, P.tril())
 
         args = (y, lg, mu, P)
     else:
-        fn = _math.packed_precision_mixture_log_prob
+        fn = _kernels.packed_precision_mixture_log_prob
         args = (y, lg, mu, diagonal.requires_grad_(), off.requires_grad_())
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
@@ -797,14 +800,14 @@ def test_large_problems_take_the_fused_kernels(kind: str, monkeypatch: pytest.Mo
     """Above the size threshold log_prob runs the fused kernels; values still match torch."""
     name = "diag_mixture_log_prob" if kind == "diagonal" else "packed_precision_mixture_log_prob"
     calls = []
-    kernel = getattr(_math, name)
+    kernel = getattr(_kernels, name)
 
     def spy(*args: torch.Tensor) -> torch.Tensor:
         calls.append(name)
         return kernel(*args)
 
-    monkeypatch.setattr(_math, name, spy)
-    batch, K, D = (4000,), 3, 3  # 4000 * K * D = 36000 residuals, above _FUSED_MIN_NUMEL
+    monkeypatch.setattr(_kernels, name, spy)
+    batch, K, D = (4000,), 3, 3  # 4000 * K * D = 36000 residuals, above FUSED_MIN_NUMEL
     logits = torch.randn(*batch, K, dtype=torch.float64)
     loc = torch.randn(*batch, K, D, dtype=torch.float64)
     if kind == "diagonal":
@@ -819,6 +822,11 @@ def test_large_problems_take_the_fused_kernels(kind: str, monkeypatch: pytest.Mo
     y = torch.randn(*batch, D, dtype=torch.float64)
     torch.testing.assert_close(gm.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
     assert calls == [name]
+    if kind == "packed":  # the packed kernel never builds the D x D factors
+        assert isinstance(gm._components, PackedPrecisionTrilComponents)
+        assert not gm._components.has_dense_factor
+        gm.log_prob(y.unsqueeze(0))  # a sample dim: the dense fallback builds them once
+        assert gm._components.has_dense_factor
 
 
 def test_multinomial_counts_moments() -> None:
