@@ -494,8 +494,9 @@ class GaussianMixture(MixtureTransforms):
         Example:
             >>> gm = GaussianMixture(torch.zeros(2), torch.tensor([[-1.0], [1.0]]),
             ...                      scale=torch.ones(2, 1))
-            >>> gm.icdf(torch.tensor(0.5))
-            tensor([0.])
+            >>> x = gm.icdf(torch.tensor([0.1, 0.9]))
+            >>> x.squeeze(-1), gm.cdf(x)
+            (tensor([-1.8495,  1.8495]), tensor([0.1000, 0.9000]))
         """
         loc, sd = self._parameters_1d("icdf")
         q = _validation.probabilities(value, self.batch_shape, self._logits)
