@@ -38,7 +38,7 @@ class MixtureTransforms(Distribution):
         """Mixture of settled components; ``logits`` (*B, K) broadcast to their batch."""
         self = cls.__new__(cls)
         batch_shape = components.loc.shape[:-2]
-        self._logits = logits.expand((*batch_shape, logits.shape[-1]))
+        self._logits = _math.expand_to(logits, (*batch_shape, logits.shape[-1]))
         self._components = components
         Distribution.__init__(
             self, batch_shape, components.loc.shape[-1:], validate_args=validate_args

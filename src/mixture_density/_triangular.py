@@ -54,7 +54,7 @@ class TriangularComponents(Components):
 
     def __init__(self, loc: Tensor, factor: Tensor) -> None:
         super().__init__(loc)
-        self._factor = factor.expand((*loc.shape, loc.shape[-1]))
+        self._factor = _math.expand_to(factor, (*loc.shape, loc.shape[-1]))
 
     @property
     def factor(self) -> Tensor:
@@ -273,8 +273,8 @@ class PackedPrecisionTrilComponents(PrecisionTrilComponents):
     def __init__(self, loc: Tensor, diagonal: Tensor, off_diagonal: Tensor) -> None:
         Components.__init__(self, loc)
         shape = loc.shape[:-1]  # (*B, K)
-        self.diagonal = diagonal.expand((*shape, diagonal.shape[-1]))
-        self.off_diagonal = off_diagonal.expand((*shape, off_diagonal.shape[-1]))
+        self.diagonal = _math.expand_to(diagonal, (*shape, diagonal.shape[-1]))
+        self.off_diagonal = _math.expand_to(off_diagonal, (*shape, off_diagonal.shape[-1]))
 
     @cached_property
     def factor(self) -> Tensor:

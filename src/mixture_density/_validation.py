@@ -7,13 +7,14 @@ came.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._components import all_finite
+from ._math import expand_to
 
 __all__ = [
     "as_tensor_like",
@@ -109,32 +110,32 @@ def packed_parameters(
                 f"D = {D}, got {tuple(t.shape)}"
             )
     batch = batch_shape(
-        (
-            ("logits", logits, logits.shape[:-1]),
-            ("loc", loc, loc.shape[:-2]),
-            ("diagonal", diagonal, diagonal.shape[:-2]),
-            ("off_diagonal", off_diagonal, off_diagonal.shape[:-2]),
-        )
+        logits.shape[:-1],
+        loc.shape[:-2],
+        diagonal.shape[:-2],
+        off_diagonal.shape[:-2],
+        given=lambda: (
+            f"logits {tuple(logits.shape)}, loc {tuple(loc.shape)}, diagonal "
+            f"{tuple(diagonal.shape)}, off_diagonal {tuple(off_diagonal.shape)}"
+        ),
     )
-    return logits, loc.expand((*batch, K, D)), diagonal, off_diagonal
+    return logits, expand_to(loc, (*batch, K, D)), diagonal, off_diagonal
 
 
-def batch_shape(named: Sequence[tuple[str, Tensor, torch.Size]]) -> torch.Size:
-    """Broadcast batch shape of ``(name (with its layout), tensor, its batch shape)``.
+def batch_shape(*shapes: torch.Size, given: Callable[[], str]) -> torch.Size:
+    """The broadcast of ``shapes``; ``ValueError`` naming the ``given()`` shapes otherwise.
 
     When every shape is a trailing part of the longest (e.g. all equal), that is the
     result; ``torch.broadcast_shapes`` runs Python reference code, a noticeable part of a
     small training step.
     """
-    shapes = [s for _, _, s in named]
     longest = max(shapes, key=len)
     if all(s == longest[len(longest) - len(s) :] for s in shapes):
         return torch.Size(longest)
     try:
         return torch.broadcast_shapes(*shapes)
     except RuntimeError:
-        given = ", ".join(f"{name} {tuple(t.shape)}" for name, t, _ in named)
-        raise ValueError(f"batch shapes do not broadcast: {given}") from None
+        raise ValueError(f"batch shapes do not broadcast: {given()}") from None
 
 
 def check_finite(*named: tuple[str, Tensor]) -> None:

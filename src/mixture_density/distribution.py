@@ -183,14 +183,16 @@ class GaussianMixture(MixtureTransforms):
         K, D = _validation.logits_and_loc(logits, loc)
         components = _COMPONENTS[kind]
         batch_shape = _validation.batch_shape(
-            (
-                ("logits (*batch, K)", logits, logits.shape[:-1]),
-                ("loc (*batch, K, D)", loc, loc.shape[:-2]),
-                (kind, factor, components.factor_batch_shape(factor, K, D)),
-            )
+            logits.shape[:-1],
+            loc.shape[:-2],
+            components.factor_batch_shape(factor, K, D),
+            given=lambda: (
+                f"logits (*batch, K) {tuple(logits.shape)}, loc (*batch, K, D) "
+                f"{tuple(loc.shape)}, {kind} {tuple(factor.shape)}"
+            ),
         )
-        self._logits = logits.expand((*batch_shape, K))
-        self._components = components(loc.expand((*batch_shape, K, D)), factor)
+        self._logits = _math.expand_to(logits, (*batch_shape, K))
+        self._components = components(_math.expand_to(loc, (*batch_shape, K, D)), factor)
         super().__init__(batch_shape, torch.Size((D,)), validate_args=validate_args)
         if self._validate_args:
             # The tensors as given, not their expanded views: no repeated work on broadcasts.
