@@ -36,8 +36,8 @@ LOG_2PI = math.log(2.0 * math.pi)
 def expand_to(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     """``t.expand(shape)``, or ``t`` itself when it has that shape already.
 
-    An ``expand`` costs a few microseconds of Python and dispatch, and a mixture is built
-    every training step with parameters that usually have their full shape already.
+    An ``expand`` costs Python and dispatch overhead on every call, and a mixture is built
+    every training step from parameters that usually have their full shape already.
     """
     return t if t.shape == shape else t.expand(shape)
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, constraints
 
 from . import _math, _search, _validation
-from ._components import ScaleComponents
+from ._components import Components, ScaleComponents
 from ._transforms import MixtureTransforms
 from ._triangular import (
     PackedPrecisionTrilComponents,
@@ -117,6 +117,28 @@ def _sample_by_component(
         perm = torch.randperm(n, device=loc.device, generator=generator)
         out[:, b] = draws.index_select(0, perm)
     return out
+
+
+def _sample(
+    components: Components,
+    probs: Tensor,
+    sample_shape: torch.Size,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """(*S, *B, D) draws: component indices from ``probs`` (prod B, K), then their Gaussians."""
+    B, (K, D) = components.loc.shape[:-2], components.loc.shape[-2:]
+    n = sample_shape.numel()
+    if components.sample_by_component and B.numel() * K <= SAMPLE_MAX_GROUPS and n > 1:
+        A = components.sample_factor().reshape(-1, K, D, D)
+        x = _sample_by_component(probs, components.loc.reshape(-1, K, D), A, n, generator)
+        return x.reshape(sample_shape + B + (D,))
+    idx = torch.multinomial(probs, n, replacement=True, generator=generator)  # (prod B, n)
+    idx = idx.T.reshape(sample_shape + B)  # (*S, *B)
+    loc = components.loc
+    eps = torch.randn(
+        sample_shape + B + (D,), dtype=loc.dtype, device=loc.device, generator=generator
+    )
+    return components.sample_gathered(idx, eps)
 
 
 class GaussianMixture(MixtureTransforms):
@@ -423,25 +445,9 @@ class GaussianMixture(MixtureTransforms):
         Returns:
             (*sample_shape, *batch, D).
         """
-        sample_shape = torch.Size(sample_shape)
-        B, K, D = self.batch_shape, self.n_components, self.event_shape[0]
-        n = sample_shape.numel()
-        components = self._components
         with torch.no_grad():
-            probs = self.probs.reshape(-1, K)  # (prod B, K)
-            if components.sample_by_component and B.numel() * K <= SAMPLE_MAX_GROUPS and n > 1:
-                A = components.sample_factor().reshape(-1, K, D, D)
-                x = _sample_by_component(probs, self.loc.reshape(-1, K, D), A, n, generator)
-                return x.reshape(sample_shape + B + (D,))
-            idx = torch.multinomial(probs, n, replacement=True, generator=generator)
-            idx = idx.T.reshape(sample_shape + B)  # (*S, *B)
-            eps = torch.randn(
-                sample_shape + B + (D,),
-                dtype=self.dtype,
-                device=self.loc.device,
-                generator=generator,
-            )
-            return components.sample_gathered(idx, eps)
+            probs = self.probs.reshape(-1, self.n_components)  # (prod B, K)
+            return _sample(self._components, probs, torch.Size(sample_shape), generator)
 
     # ------------------------------------------------------------------ 1-D functions
 
