@@ -664,6 +664,8 @@ def test_tempered_two_temperatures(noise: str) -> None:
     torch.testing.assert_close(gm.tempered(tau).log_prob(y), gm.tempered(tau, tau).log_prob(y))
     with pytest.raises(ValueError, match="scale_temperature must be positive"):
         gm.tempered(1.0, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        gm.tempered(torch.ones(3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("noise", [*NOISE, "packed"])
@@ -687,6 +689,28 @@ def test_cat_components_and_batch(noise: str) -> None:
         assert isinstance(avg._components, PackedPrecisionTrilComponents)
         assert isinstance(joined._components, PackedPrecisionTrilComponents)
     assert GaussianMixture.cat(parts[:1]) is parts[0]
+
+
+def test_cat_packed_with_dense_precision() -> None:
+    """Packed and dense precision factors join as dense precision factors."""
+    packed, dense = _make_any("packed", (3,), 2, 2), _make_any("full_precision", (3,), 2, 2)
+    joined = GaussianMixture.cat([packed, dense])
+    assert joined.parameterization == "precision_tril"
+    y = torch.randn(4, 3, 2, dtype=torch.float64)
+    expected = torch.logsumexp(torch.stack([packed.log_prob(y), dense.log_prob(y)]), 0)
+    torch.testing.assert_close(joined.log_prob(y), expected - math.log(2))
+
+
+def test_cdf_is_metrics_mixture_cdf() -> None:
+    """One implementation: GaussianMixture.cdf equals metrics.mixture_cdf, clamped to <= 1."""
+    from mixture_density.metrics import mixture_cdf
+
+    gm = _mix1d()
+    y = torch.tensor([-1e3, -3.0, 0.0, 0.5, 4.0, 1e3], dtype=torch.float64)[:, None, None]
+    ours = gm.cdf(y)
+    ref = mixture_cdf(gm.logits, gm.loc[..., 0], gm.component_stddev[..., 0], y[..., 0])
+    torch.testing.assert_close(ours, ref, rtol=0.0, atol=0.0)
+    assert (ours <= 1).all() and (ours[-1] == 1).all() and (ours[0] == 0).all()
 
 
 def test_cat_errors() -> None:

@@ -140,7 +140,7 @@ class MixtureTransforms(Distribution):
         st = tau
         if scale_temperature is not None:
             st = _validation.positive(scale_temperature, self._logits, "scale_temperature")
-        base = self._with_batch(tau.shape, st.shape)
+        base = self._with_batch("temperature", tau.shape, st.shape)
         root = st.sqrt()[..., None, None]  # (*B, 1, 1)
         components = base._components.tempered(root)
         return self._from_components(
@@ -167,13 +167,19 @@ class MixtureTransforms(Distribution):
             tensor([3.])
         """
         s, t = _validation.scale_and_shift(scale, shift, self.event_shape[0], self._logits)
-        base = self._with_batch(s.shape[:-1], t.shape[:-1])
+        base = self._with_batch("scale and shift", s.shape[:-1], t.shape[:-1])
         components = base._components.affine(s.unsqueeze(-2), t.unsqueeze(-2))  # (*B, 1, D)
         return self._from_components(base._logits, components, None)
 
-    def _with_batch(self: T, *shapes: torch.Size) -> T:
+    def _with_batch(self: T, name: str, *shapes: torch.Size) -> T:
         """This mixture expanded to the batch shape it broadcasts to with ``shapes``."""
-        batch = torch.broadcast_shapes(self.batch_shape, *shapes)
+        try:
+            batch = torch.broadcast_shapes(self.batch_shape, *shapes)
+        except RuntimeError:
+            raise ValueError(
+                f"{name} batch shapes {[tuple(s) for s in shapes]} do not broadcast with "
+                f"batch_shape {tuple(self.batch_shape)}"
+            ) from None
         return self if batch == self.batch_shape else self.expand(batch)
 
     def expand(self: T, batch_shape: torch.Size | Sequence[int], _instance: Any = None) -> T:
