@@ -28,7 +28,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from . import _kernels, _math
 
-__all__ = ["Axis", "Components", "ScaleComponents", "all_finite"]
+__all__ = ["Axis", "Components", "ScaleComponents", "all_finite", "diag_mixture_log_prob"]
 
 #: How :meth:`Components.cat` joins: along the component axis or the (first) batch axis.
 Axis = Literal["components", "batch"]
@@ -142,7 +142,8 @@ class Components(ABC):
             yb: (*B', 1, |b|) observed values; ``B'`` broadcasts ``B`` and the values' batch.
 
         Returns:
-            ``(log N(y_b | mu_kb, Sigma_kbb)`` of shape (*B', K), components over ``a``).
+            ``(log_nb, components)``: ``log N(y_b | mu_kb, Sigma_kbb)`` of shape (*B', K)
+            (the conditioning log-weights) and the conditioned components over ``a``.
         """
 
     @abstractmethod
