@@ -17,7 +17,8 @@ from torch.distributions import (
     Normal,
 )
 
-from mixture_density import _math
+from mixture_density import _kernels, _math, _search
+from mixture_density._triangular import PackedPrecisionTrilComponents
 from mixture_density.distribution import GaussianMixture
 
 NOISE = ["full_tril", "full_precision", "diagonal", "isotropic", "shared", "fixed"]
@@ -186,11 +187,11 @@ def test_fused_kernels_match_composite(kind: str, D: int) -> None:
     mu = torch.randn(*batch, K, D, dtype=torch.float64, requires_grad=True)
     if kind == "diag":
         fac = (torch.rand(K, 1, dtype=torch.float64) + 0.5).requires_grad_()  # broadcast
-        fused: Callable[..., torch.Tensor] = _math.diag_mixture_log_prob
+        fused: Callable[..., torch.Tensor] = _kernels.diag_mixture_log_prob
         comp = _math.diag_component_log_prob
     else:
         fac = torch.linalg.cholesky(_spd(batch, K, D, torch.float64)).requires_grad_()
-        fused, comp = _math.precision_mixture_log_prob, _math.precision_component_log_prob
+        fused, comp = _kernels.precision_mixture_log_prob, _math.precision_component_log_prob
     a = fused(y, lg, mu, fac)
     b = _math.mixture_log_prob(lg, comp(y, mu, fac))
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -467,6 +468,74 @@ def test_cdf_requires_1d() -> None:
         _mix1d().icdf(torch.tensor([1.5, 0.5], dtype=torch.float64))
 
 
+def _scipy_cdf(gm: GaussianMixture) -> Callable[[np.ndarray], np.ndarray]:
+    """float64 scipy cdf of each 1-D mixture in gm's batch (B,): x (..., B) -> (..., B)."""
+    w = gm.probs.double().numpy()
+    mu, sd = gm.loc[..., 0].double().numpy(), gm.component_stddev[..., 0].double().numpy()
+    return lambda x: (w * stats.norm.cdf((np.asarray(x)[..., None] - mu) / sd)).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_icdf_regression_example(dtype: torch.dtype) -> None:
+    """Was 0.2041 (cdf error -4.3e-5) or the bracket midpoint -4.65: the loop returned the
+    bisection fallback once the cdf hit q exactly."""
+    gm = GaussianMixture(
+        torch.tensor([0.0, 1.0, -1.0], dtype=dtype),
+        torch.tensor([[-2.0], [0.5], [4.0]], dtype=dtype),
+        scale=torch.tensor([[0.3], [1.0], [0.1]], dtype=dtype),
+    )
+    x = gm.icdf(torch.tensor(0.5, dtype=dtype))
+    assert x.shape == (1,) and x.dtype == dtype
+    cdf = _scipy_cdf(gm.expand((1,)))
+    root = optimize.brentq(lambda v: float(cdf(np.array([v]))[0]) - 0.5, -5, 5, xtol=1e-15)
+    assert root == pytest.approx(0.2042956, abs=1e-7)
+    assert abs(float(cdf(x.double().numpy())[0]) - 0.5) <= 1e-6
+    assert x.item() == pytest.approx(root, abs=4 * torch.finfo(dtype).eps)
+
+
+def _cdf_minus_q(v: float, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, q: float) -> float:
+    return float((w * stats.norm.cdf((v - mu) / sd)).sum() - q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_icdf_against_scipy_grid(dtype: torch.dtype) -> None:
+    """Random mixtures (K = 1..10, scales 1e-3..10) at q from 1e-6 to 1 - 1e-6 against
+    scipy's brentq on the float64 mixture cdf: within 1e-6 in probability, plus, in float32,
+    the probability of one float32 step at the root (the best a float32 answer can do)."""
+    rng = np.random.default_rng(7)
+    q_grid = [1e-6, 1e-5, 1e-3, 0.05, 0.2, 0.5, 0.8, 0.95, 1 - 1e-3, 1 - 1e-5, 1 - 1e-6]
+    for K in (1, 2, 3, 5, 10):
+        M = 8  # mixtures per K, one batch
+        gm = GaussianMixture(
+            torch.tensor(2.0 * rng.normal(size=(M, K)), dtype=dtype),
+            torch.tensor(3.0 * rng.normal(size=(M, K, 1)), dtype=dtype),
+            scale=torch.tensor(10.0 ** rng.uniform(-3, 1, size=(M, K, 1)), dtype=dtype),
+        )
+        q = torch.tensor(q_grid, dtype=dtype)[:, None].expand(len(q_grid), M)
+        x = gm.icdf(q)[..., 0].double().numpy()  # (Q, M)
+        cdf = _scipy_cdf(gm)
+        w, mu = gm.probs.double().numpy(), gm.loc[..., 0].double().numpy()
+        sd = gm.component_stddev[..., 0].double().numpy()
+        qd = q.double().numpy()
+        for i, j in np.ndindex(*qd.shape):
+            args = (w[j], mu[j], sd[j], qd[i, j])
+            root = optimize.brentq(_cdf_minus_q, -200.0, 200.0, args=args, xtol=1e-15)
+            tol = 1e-6
+            if dtype == torch.float32:
+                pdf = (w[j] * stats.norm.pdf((root - mu[j]) / sd[j]) / sd[j]).sum()
+                tol += pdf * np.spacing(np.float32(abs(root)), dtype=np.float32)
+            err = abs(cdf(x[i])[j] - qd[i, j])
+            assert err <= tol, (K, j, qd[i, j], x[i, j], root, err, tol)
+
+
+def test_newton_bisect_keeps_an_exact_hit() -> None:
+    """f(x) == target exactly: the root is returned, not the bracket midpoint (was 0.125)."""
+    identity = lambda x: (x, torch.ones_like(x))  # noqa: E731
+    lo, hi = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
+    r = _search.newton_bisect(identity, torch.tensor([0.25, -0.5]), lo, hi)
+    torch.testing.assert_close(r, torch.tensor([0.25, -0.5]), rtol=0.0, atol=0.0)
+
+
 # ----------------------------------------------------------------- marginal / condition
 
 
@@ -554,6 +623,143 @@ def test_tempered() -> None:
     torch.testing.assert_close(d.component_stddev, torch.full((2, 1), 2.0))
     with pytest.raises(ValueError, match="temperature"):
         gm.tempered(0.0)
+
+
+def _make_any(noise: str, batch: tuple[int, ...], K: int, D: int) -> GaussianMixture:
+    """``make`` plus "packed": precision factors given by their packed entries."""
+    if noise != "packed":
+        return make(noise, batch, K, D)[0]
+    _, _, diagonal, off = _packed(batch, K, D)
+    logits = torch.randn(*batch, K, dtype=torch.float64)
+    loc = torch.randn(*batch, K, D, dtype=torch.float64)
+    return GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off)
+
+
+@pytest.mark.parametrize("noise", [*NOISE, "packed"])
+def test_tempered_two_temperatures(noise: str) -> None:
+    """logits / temperature and covariances * scale_temperature, per batch element; the
+    default scale_temperature is the temperature (sketch-rnn / world models)."""
+    gm = _make_any(noise, (2,), 3, 2)
+    y = torch.randn(4, 2, 2, dtype=torch.float64)
+    tau = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    st = torch.tensor([0.25, 3.0], dtype=torch.float64)
+    for t, s in ((tau, st), (tau, None), (0.7, 1.0), (1.0, 0.3)):
+        out = gm.tempered(t, s)
+        t_ = torch.as_tensor(t, dtype=torch.float64)
+        s_ = t_ if s is None else torch.as_tensor(s, dtype=torch.float64)
+        assert out.parameterization == gm.parameterization and out.batch_shape == (2,)
+        # An independent reference: a scale_tril mixture built from the expected parameters.
+        ref = GaussianMixture(
+            gm.logits / t_.unsqueeze(-1),
+            gm.loc,
+            scale_tril=gm.scale_tril * s_.sqrt()[..., None, None, None],
+        )
+        torch.testing.assert_close(out.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            out.component_covariance_matrix,
+            gm.component_covariance_matrix * s_[..., None, None, None],
+            rtol=1e-10,
+            atol=1e-12,
+        )
+    torch.testing.assert_close(gm.tempered(tau).log_prob(y), gm.tempered(tau, tau).log_prob(y))
+    with pytest.raises(ValueError, match="scale_temperature must be positive"):
+        gm.tempered(1.0, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        gm.tempered(torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("noise", [*NOISE, "packed"])
+def test_cat_components_and_batch(noise: str) -> None:
+    """cat: equal-weight average (components) and batch concatenation, same parameterization."""
+    parts = [_make_any(noise, (3,), K, 2) for K in (1, 2, 3)]
+    y = torch.randn(5, 3, 2, dtype=torch.float64)
+    avg = GaussianMixture.cat(parts, dim="components")
+    assert avg.n_components == 6 and avg.parameterization == parts[0].parameterization
+    expected = torch.logsumexp(torch.stack([m.log_prob(y) for m in parts]), 0) - math.log(3)
+    torch.testing.assert_close(avg.log_prob(y), expected, rtol=1e-10, atol=1e-10)
+    same_k = [_make_any(noise, b, 2, 2) for b in ((3,), (1,), (2,))]
+    joined = GaussianMixture.cat(same_k, dim="batch")
+    assert joined.batch_shape == (6,)
+    yb = torch.randn(6, 2, dtype=torch.float64)
+    expected = torch.cat(
+        [m.log_prob(yb[i:j]) for m, (i, j) in zip(same_k, [(0, 3), (3, 4), (4, 6)])]
+    )
+    torch.testing.assert_close(joined.log_prob(yb), expected, rtol=1e-10, atol=1e-10)
+    if noise == "packed":  # the packed entries are joined, not dense factors
+        assert isinstance(avg._components, PackedPrecisionTrilComponents)
+        assert isinstance(joined._components, PackedPrecisionTrilComponents)
+    assert GaussianMixture.cat(parts[:1]) is parts[0]
+
+
+def test_cat_packed_with_dense_precision() -> None:
+    """Packed and dense precision factors join as dense precision factors."""
+    packed, dense = _make_any("packed", (3,), 2, 2), _make_any("full_precision", (3,), 2, 2)
+    joined = GaussianMixture.cat([packed, dense])
+    assert joined.parameterization == "precision_tril"
+    y = torch.randn(4, 3, 2, dtype=torch.float64)
+    expected = torch.logsumexp(torch.stack([packed.log_prob(y), dense.log_prob(y)]), 0)
+    torch.testing.assert_close(joined.log_prob(y), expected - math.log(2))
+
+
+def test_cdf_is_metrics_mixture_cdf() -> None:
+    """One implementation: GaussianMixture.cdf equals metrics.mixture_cdf, clamped to <= 1."""
+    from mixture_density.metrics import mixture_cdf
+
+    gm = _mix1d()
+    y = torch.tensor([-1e3, -3.0, 0.0, 0.5, 4.0, 1e3], dtype=torch.float64)[:, None, None]
+    ours = gm.cdf(y)
+    ref = mixture_cdf(gm.logits, gm.loc[..., 0], gm.component_stddev[..., 0], y[..., 0])
+    torch.testing.assert_close(ours, ref, rtol=0.0, atol=0.0)
+    assert (ours <= 1).all() and (ours[-1] == 1).all() and (ours[0] == 0).all()
+
+
+def test_cat_errors() -> None:
+    a, b = _make_any("diagonal", (3,), 2, 2), _make_any("full_tril", (3,), 2, 2)
+    with pytest.raises(ValueError, match="one parameterization"):
+        GaussianMixture.cat([a, b])
+    with pytest.raises(ValueError, match="dim must be"):
+        GaussianMixture.cat([a, a], dim="rows")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one"):
+        GaussianMixture.cat([])
+    with pytest.raises(ValueError, match="do not join along components"):
+        GaussianMixture.cat([a, _make_any("diagonal", (4,), 2, 2)])
+    with pytest.raises(ValueError, match="do not join along batch"):
+        GaussianMixture.cat([a, _make_any("diagonal", (3,), 3, 2)], dim="batch")
+
+
+@pytest.mark.parametrize("noise", ["diagonal", "full_tril", "full_precision"])
+@pytest.mark.parametrize("grouped", [True, False])
+def test_sample_generator_reproducible_and_leaves_global_rng(
+    noise: str, grouped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every sampler path takes all its randomness from the generator given."""
+    import mixture_density.distribution as distribution
+
+    if not grouped:
+        monkeypatch.setattr(distribution, "SAMPLE_MAX_GROUPS", 0)
+    gm = _make_any(noise, (2,), 3, 3)
+    state = torch.get_rng_state()
+    a = gm.sample((50,), generator=torch.Generator().manual_seed(5))
+    b = gm.sample((50,), generator=torch.Generator().manual_seed(5))
+    c = gm.sample((50,), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(state, torch.get_rng_state())
+    assert a.shape == (50, 2, 3) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("noise", [*NOISE, "packed"])
+def test_affine_batched_scale_and_packed(noise: str) -> None:
+    """Per-batch-element scales (negative entries too); packed factors stay packed."""
+    gm = _make_any(noise, (2,), 3, 3)
+    s = torch.tensor([[2.0, -0.5, 3.0], [-1.0, 0.25, 1.5]], dtype=torch.float64)  # (2, 3)
+    t = torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64)
+    g2 = gm.affine(s, t)
+    assert g2.parameterization == gm.parameterization and g2.batch_shape == (2,)
+    y = torch.randn(5, 2, 3, dtype=torch.float64)
+    expected = gm.log_prob((y - t) / s) - s.abs().log().sum(-1)
+    torch.testing.assert_close(g2.log_prob(y), expected, rtol=1e-10, atol=1e-10)
+    if noise == "packed":
+        assert isinstance(g2._components, PackedPrecisionTrilComponents)
+        assert (g2.precision_tril.diagonal(dim1=-2, dim2=-1) > 0).all()
 
 
 def test_component_posterior() -> None:
@@ -651,9 +857,9 @@ def test_packed_kernel_broadcasts_y_and_matches_dense_gradients() -> None:
     lg = torch.randn(*batch, K, dtype=torch.float64, requires_grad=True)
     mu = torch.randn(K, D, dtype=torch.float64, requires_grad=True)  # shared by the batch
     mu_b = mu.expand(*batch, K, D)
-    a = _math.packed_precision_mixture_log_prob(y, lg, mu_b, diagonal, off)
+    a = _kernels.packed_precision_mixture_log_prob(y, lg, mu_b, diagonal, off)
     P = _math.tril_from_packed(diagonal, off)
-    b = _math.precision_mixture_log_prob(y, lg, mu_b, P)
+    b = _kernels.precision_mixture_log_prob(y, lg, mu_b, P)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(a)
     inputs = (y, lg, mu, diagonal, off)
@@ -716,10 +922,12 @@ def test_packed_validation_and_expand() -> None:
         GaussianMixture.from_packed_precision_tril(logits, loc, 1.0, off)  # type: ignore[arg-type]
     gm = GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off)
     big = gm.expand((5, 3))
-    assert big._packed is not None and big.batch_shape == (5, 3)
+    assert big.parameterization == "precision_tril" and big.batch_shape == (5, 3)
     y = torch.randn(5, 3, 3, dtype=torch.float64)
     # gm sees y as 5 samples (dense fallback), big as its batch (packed kernel).
     torch.testing.assert_close(big.log_prob(y), gm.log_prob(y), rtol=1e-12, atol=1e-12)
+    # The expanded mixture keeps the packed entries (and with them the packed kernel).
+    assert isinstance(big._components, PackedPrecisionTrilComponents)
 
 
 @pytest.mark.parametrize("noise", NOISE)
@@ -774,7 +982,7 @@ def test_fused_kernels_gradcheck(kind: str) -> None:
     args: tuple[torch.Tensor, ...]
     if kind == "diag":
         scale = (torch.rand(*batch, K, D, dtype=torch.float64) + 0.5).requires_grad_()
-        fn: Callable[..., torch.Tensor] = _math.diag_mixture_log_prob
+        fn: Callable[..., torch.Tensor] = _kernels.diag_mixture_log_prob
         args = (y, lg, mu, scale)
     elif kind == "precision":
         P = _math.tril_from_packed(diagonal, off).requires_grad_()
@@ -782,11 +990,11 @@ def test_fused_kernels_gradcheck(kind: str) -> None:
         def fn(
             y: torch.Tensor, lg: torch.Tensor, mu: torch.Tensor, P: torch.Tensor
         ) -> torch.Tensor:
-            return _math.precision_mixture_log_prob(y, lg, mu, P.tril())
+            return _kernels.precision_mixture_log_prob(y, lg, mu, P.tril())
 
         args = (y, lg, mu, P)
     else:
-        fn = _math.packed_precision_mixture_log_prob
+        fn = _kernels.packed_precision_mixture_log_prob
         args = (y, lg, mu, diagonal.requires_grad_(), off.requires_grad_())
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
@@ -797,14 +1005,14 @@ def test_large_problems_take_the_fused_kernels(kind: str, monkeypatch: pytest.Mo
     """Above the size threshold log_prob runs the fused kernels; values still match torch."""
     name = "diag_mixture_log_prob" if kind == "diagonal" else "packed_precision_mixture_log_prob"
     calls = []
-    kernel = getattr(_math, name)
+    kernel = getattr(_kernels, name)
 
     def spy(*args: torch.Tensor) -> torch.Tensor:
         calls.append(name)
         return kernel(*args)
 
-    monkeypatch.setattr(_math, name, spy)
-    batch, K, D = (4000,), 3, 3  # 4000 * K * D = 36000 residuals, above _FUSED_MIN_NUMEL
+    monkeypatch.setattr(_kernels, name, spy)
+    batch, K, D = (4000,), 3, 3  # 4000 * K * D = 36000 residuals, above FUSED_MIN_NUMEL
     logits = torch.randn(*batch, K, dtype=torch.float64)
     loc = torch.randn(*batch, K, D, dtype=torch.float64)
     if kind == "diagonal":
@@ -819,6 +1027,11 @@ def test_large_problems_take_the_fused_kernels(kind: str, monkeypatch: pytest.Mo
     y = torch.randn(*batch, D, dtype=torch.float64)
     torch.testing.assert_close(gm.log_prob(y), ref.log_prob(y), rtol=1e-10, atol=1e-10)
     assert calls == [name]
+    if kind == "packed":  # the packed kernel never builds the D x D factors
+        assert isinstance(gm._components, PackedPrecisionTrilComponents)
+        assert not gm._components.has_dense_factor
+        gm.log_prob(y.unsqueeze(0))  # a sample dim: the dense fallback builds them once
+        assert gm._components.has_dense_factor
 
 
 def test_multinomial_counts_moments() -> None:

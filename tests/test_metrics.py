@@ -17,7 +17,6 @@ from scipy import integrate, stats
 
 from mixture_density import GaussianMixture
 from mixture_density.metrics import (
-    _sample_mixture,
     calibration_error,
     coverage_from_pit,
     crps,
@@ -166,10 +165,17 @@ def _full_covariance_mixture(
     return logits, loc, tril
 
 
+def _sample(
+    logits: torch.Tensor, loc: torch.Tensor, tril: torch.Tensor, n: int, gen: torch.Generator
+) -> torch.Tensor:
+    """(n, *batch, D) draws of the sampler energy_score uses, GaussianMixture.sample."""
+    return GaussianMixture(logits, loc, scale_tril=tril).sample((n,), generator=gen)
+
+
 def test_sample_mixture_moments() -> None:
     logits, loc, tril = _full_covariance_mixture(seed=10)
     n = 40_000
-    x = _sample_mixture(logits, loc, tril, n, torch.Generator().manual_seed(0))  # (n, 3, 2)
+    x = _sample(logits, loc, tril, n, torch.Generator().manual_seed(0))  # (n, 3, 2)
     assert x.shape == (n, 3, 2)
     w = torch.softmax(logits, -1)
     mean = (w.unsqueeze(-1) * loc).sum(-2)  # (3, 2)
@@ -188,8 +194,8 @@ def test_sample_mixture_moments() -> None:
 def test_sample_mixture_generator_reproducible_and_leaves_global_rng() -> None:
     logits, loc, tril = _full_covariance_mixture(seed=11)
     state = torch.get_rng_state()
-    a = _sample_mixture(logits, loc, tril, 50, torch.Generator().manual_seed(3))
-    b = _sample_mixture(logits, loc, tril, 50, torch.Generator().manual_seed(3))
+    a = _sample(logits, loc, tril, 50, torch.Generator().manual_seed(3))
+    b = _sample(logits, loc, tril, 50, torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert torch.equal(state, torch.get_rng_state())
 
@@ -198,7 +204,7 @@ def test_sampled_energy_score_matches_independent_reference() -> None:
     """Our sampler + U-statistic vs numpy draws with independent pairs, full covariances."""
     logits, loc, tril = _full_covariance_mixture(seed=12)
     y = torch.tensor([[0.0, 0.0], [1.0, -2.0], [4.0, 3.0]], dtype=F64)
-    x = _sample_mixture(logits, loc, tril, 2000, torch.Generator().manual_seed(1))
+    x = _sample(logits, loc, tril, 2000, torch.Generator().manual_seed(1))
     ours = energy_score_from_samples(x, y).numpy()
 
     rng = np.random.default_rng(12)

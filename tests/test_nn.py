@@ -414,7 +414,7 @@ def test_full_head_packed_path_matches_dense_factor(batch: tuple[int, ...]) -> N
     packed = mixture.log_prob(y)
     P = mixture.precision_tril  # (*batch, K, D, D), built from the packed entries
     assert P.shape == (*batch, 3, 4, 4)
-    dense = type(mixture)(mixture._logits_raw, mixture.loc, precision_tril=P).log_prob(y)
+    dense = type(mixture)(mixture.logits, mixture.loc, precision_tril=P).log_prob(y)
     torch.testing.assert_close(packed, dense, rtol=1e-12, atol=1e-12)
     params = list(head.parameters())
     for g_packed, g_dense in zip(

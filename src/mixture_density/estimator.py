@@ -632,8 +632,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         with torch.no_grad():
             for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
                 xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
-                chunks.append(_concat([m(xb) for m in self.models_], dim="components"))
-            dist = _concat(chunks, dim="batch")
+                chunks.append(GaussianMixture.cat([m(xb) for m in self.models_], dim="components"))
+            dist = GaussianMixture.cat(chunks, dim="batch")
             scale = torch.as_tensor(self.y_scale_, dtype=dist.loc.dtype, device=device)
             shift = torch.as_tensor(self.y_mean_, dtype=dist.loc.dtype, device=device)
             return dist.affine(scale, shift)
@@ -659,45 +659,6 @@ def _standardization(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column means and standard deviations of ``(n, p)`` data; near-constant columns get 1."""
     mean = A.mean(axis=0)
     return mean, guarded_scale(mean, A.std(axis=0))
-
-
-def _component_parts(dist: GaussianMixture) -> tuple[str, Tensor]:
-    """The spread of ``dist`` as (keyword, factor of full shape), keeping its parameterization.
-
-    ``scale`` -> ``(*B, K, D)``; ``scale_tril`` / ``precision_tril`` -> ``(*B, K, D, D)``.
-    """
-    kind = dist.parameterization
-    if kind == "scale":
-        assert dist.scale is not None  # diagonal parameterization
-        return kind, dist.scale
-    if kind == "scale_tril":
-        return kind, dist.scale_tril
-    # GaussianMixture has no public accessor for its precision factor; reading it keeps the
-    # full-covariance fast path (a triangular mat-vec) instead of a Cholesky round trip.
-    precision_tril = getattr(dist, "precision_tril", None)
-    if precision_tril is None:
-        precision_tril = dist._factor.expand(dist.loc.shape + dist.loc.shape[-1:])
-    return kind, precision_tril
-
-
-def _concat(dists: Sequence[GaussianMixture], dim: str) -> GaussianMixture:
-    """Join mixtures along the component axis (equal-weight average) or the batch axis."""
-    if len(dists) == 1:
-        return dists[0]
-    parts = [_component_parts(d) for d in dists]
-    keyword = parts[0][0]
-    if dim == "components":
-        # Equal-weight average of M mixtures: weights pi_k / M, i.e. logits - log M.
-        log_m = math.log(len(dists))
-        logits = torch.cat([d.logits - log_m for d in dists], dim=-1)  # (*B, M K)
-        loc = torch.cat([d.loc for d in dists], dim=-2)  # (*B, M K, D)
-        factor = torch.cat([p[1] for p in parts], dim=-2 if keyword == "scale" else -3)
-    else:
-        logits = torch.cat([d.logits for d in dists], dim=0)
-        loc = torch.cat([d.loc for d in dists], dim=0)
-        factor = torch.cat([p[1] for p in parts], dim=0)
-    kwargs: dict[str, Any] = {keyword: factor}
-    return GaussianMixture(logits, loc, **kwargs)
 
 
 def _resolve_device(device: str) -> torch.device:

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import torch
 from torch import Tensor
 
+from . import _search
+
 if TYPE_CHECKING:
     from .distribution import GaussianMixture
 
@@ -91,11 +93,7 @@ def mixture_cdf(logits: Tensor, loc: Tensor, scale: Tensor, y: Tensor) -> Tensor
         >>> round(mixture_cdf(logits, loc, scale, torch.tensor(0.0)).item(), 6)
         0.5
     """
-    log_w = torch.log_softmax(logits, dim=-1)  # (*B, K)
-    z = (y.unsqueeze(-1) - loc) / scale  # (*B, K)
-    cdf = torch.logsumexp(log_w + torch.special.log_ndtr(z), dim=-1).exp()
-    # Rounding in logsumexp can land a hair above 1 in the upper tail.
-    return cdf.clamp(max=1.0)
+    return _search.mixture_cdf(logits, loc, scale, y)  # the one GaussianMixture.cdf uses
 
 
 def _expected_abs_normal(m: Tensor, var: Tensor) -> Tensor:
@@ -322,10 +320,12 @@ def energy_score(
 ) -> float | Tensor:
     """Monte Carlo energy score ``E||X - y|| - 1/2 E||X - X'||`` for multivariate outputs.
 
-    Draws ``n_samples`` samples per row (component by ``torch.multinomial``, then
-    ``loc + scale_tril @ eps``) from ``generator``, leaving the global RNG untouched when one is
-    given. The pairwise term costs ``O(n_samples^2 D)`` per row; the Monte Carlo standard error
-    shrinks like ``1 / sqrt(n_samples)``. For ``D == 1`` prefer the exact :func:`crps`.
+    Draws ``n_samples`` samples per row with :meth:`GaussianMixture.sample` from ``generator``,
+    leaving the global RNG untouched when one is given. The draws go through the lower Cholesky
+    factor of each covariance (``loc + scale_tril @ eps``) whatever the parameterization, so
+    equivalent mixtures get the same draws, and the same score, from the same generator. The
+    pairwise term costs ``O(n_samples^2 D)`` per row; the Monte Carlo standard error shrinks
+    like ``1 / sqrt(n_samples)``. For ``D == 1`` prefer the exact :func:`crps`.
 
     Args:
         dist: predicted ``GaussianMixture``, ``batch_shape`` ``(*batch,)``, ``event_shape (D,)``.
@@ -358,7 +358,9 @@ def energy_score(
             f"generator must be on the distribution's device ({dist.loc.device.type}), got one "
             f"on {generator.device.type}; create it with torch.Generator(device=...)"
         )
-    samples = _sample_mixture(dist.logits, dist.loc, dist.scale_tril, n_samples, generator)
+    # One sampling factor for every parameterization (see above): the scale_tril form.
+    canonical = type(dist)(dist.logits, dist.loc, scale_tril=dist.scale_tril, validate_args=False)
+    samples = canonical.sample((n_samples,), generator=generator)  # (n, *B, D)
     return _reduce(energy_score_from_samples(samples, y), reduction)
 
 
@@ -546,36 +548,6 @@ def _marginal_parameters(dist: GaussianMixture) -> tuple[Tensor, Tensor, Tensor]
     loc = dist.loc.transpose(-1, -2)  # (*B, D, K)
     scale = dist.component_stddev.transpose(-1, -2)  # (*B, D, K)
     return logits, loc, scale
-
-
-def _sample_mixture(
-    logits: Tensor,
-    loc: Tensor,
-    scale_tril: Tensor,
-    n: int,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """``n`` draws per row from ``sum_k pi_k N(loc_k, L_k L_k^T)``.
-
-    Args:
-        logits: ``(*batch, K)``; loc: ``(*batch, K, D)``; scale_tril: ``(*batch, K, D, D)``.
-
-    Returns:
-        ``(n, *batch, D)`` samples (no gradient).
-    """
-    batch_shape, (K, D) = logits.shape[:-1], loc.shape[-2:]
-    with torch.no_grad():
-        probs = torch.softmax(logits.reshape(-1, K), dim=-1)  # (B, K)
-        index = torch.multinomial(probs, n, replacement=True, generator=generator)  # (B, n)
-        B = probs.shape[0]
-        rows = torch.arange(B, device=index.device).unsqueeze(-1)  # (B, 1)
-        chosen_loc = loc.reshape(B, K, D)[rows, index]  # (B, n, D)
-        chosen_tril = scale_tril.expand(*batch_shape, K, D, D).reshape(B, K, D, D)[rows, index]
-        eps = torch.randn(
-            (B, n, D, 1), generator=generator, dtype=loc.dtype, device=loc.device
-        )  # (B, n, D, 1)
-        x = chosen_loc + (chosen_tril @ eps).squeeze(-1)  # (B, n, D)
-    return x.movedim(1, 0).reshape(n, *batch_shape, D)
 
 
 def _check_levels(levels: Iterable[float]) -> tuple[float, ...]:
