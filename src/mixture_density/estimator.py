@@ -43,6 +43,8 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
 from . import __version__
 from ._data import guarded_scale
 from ._ensemble import fit_members
+from ._env import resolve_device as _resolve_device
+from ._env import world_size as _world_size
 from ._errors import MixtureDensityError
 from ._serialization import read_checkpoint, write_checkpoint
 from .distribution import GaussianMixture
@@ -336,7 +338,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 f"{self.n_estimators}: several networks are trained as one batched model in "
                 "one process"
             )
-        if self.random_state is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if self.random_state is None and _world_size() > 1:
             # Each rank would draw its own split and seeds from the OS's entropy.
             raise MixtureDensityError(
                 "random_state=None under torchrun: every rank must draw the same validation "
@@ -587,7 +589,12 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         if device is not None:
             params["device"] = device
         est = cls(**params)
-        target = _resolve_device(est.device)
+        try:
+            target = _resolve_device(est.device)
+        except ValueError:  # a CUDA device where there is none
+            if device is not None:
+                raise
+            target = torch.device("cpu")  # documented: the saved device, or cpu without it
         est.n_features_in_ = int(config["n_features_in"])
         est.n_outputs_ = int(config["n_outputs"])
         est._y_1d = bool(config["y_1d"])
@@ -692,12 +699,6 @@ def _concat(dists: Sequence[GaussianMixture], dim: str) -> GaussianMixture:
         factor = torch.cat([p[1] for p in parts], dim=0)
     kwargs: dict[str, Any] = {keyword: factor}
     return GaussianMixture(logits, loc, **kwargs)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto" or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _from_jsonable(value: Any) -> Any:
