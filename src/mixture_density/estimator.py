@@ -575,6 +575,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Raises:
             OSError: The file cannot be read.
             MixtureDensityError: The file is not a saved ``MDNRegressor``.
+            ValueError: ``device`` is a CUDA device and CUDA is not available.
         """
         config, tensors = read_checkpoint(path)
         if config.get("kind") != _CHECKPOINT_KIND:

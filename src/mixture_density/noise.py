@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import TypedDict
 
 import torch
@@ -450,34 +451,34 @@ class HeadLayout:
         # A name is accepted as everywhere else; the field then holds the member.
         object.__setattr__(self, "noise_type", NoiseType.parse(self.noise_type))
 
-    @property
+    @cached_property
     def n_scale(self) -> int:
         """``S``: raw scale numbers per input (:func:`n_scale_outputs`)."""
         return n_scale_outputs(self.noise_type, self.n_components, self.dim_out)
 
-    @property
+    @cached_property
     def sizes(self) -> tuple[int, int, int]:
         """``(K, K * D, S)``: the lengths of the logits, mean and scale blocks."""
         K, D = self.n_components, self.dim_out
         return K, K * D, self.n_scale
 
-    @property
+    @cached_property
     def n_outputs(self) -> int:
         """``K + K * D + S``: raw outputs per input, the head's ``out_features``."""
         return sum(self.sizes)
 
-    @property
+    @cached_property
     def logits_rows(self) -> slice:
         """The logits' positions in the raw output (rows of the head's weight)."""
         return slice(0, self.n_components)
 
-    @property
+    @cached_property
     def loc_rows(self) -> slice:
         """The means' positions in the raw output."""
         K, KD, _ = self.sizes
         return slice(K, K + KD)
 
-    @property
+    @cached_property
     def scale_rows(self) -> slice:
         """The raw scale numbers' positions in the raw output."""
         K, KD, S = self.sizes
