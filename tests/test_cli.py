@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixture_density._serialization import atomic_path
+from mixture_density._files import atomic_path
 from mixture_density.cli import main
 from mixture_density.estimator import MDNRegressor
 

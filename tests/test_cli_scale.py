@@ -261,17 +261,17 @@ def test_fit_streamed_round_trip(tmp_path: Path) -> None:
 
 
 def test_stream_batches_equal_collated_rows(tmp_path: Path) -> None:
-    # The batched stream must give exactly the DataLoader batches of the base class's rows
-    # (same shuffle, batches across chunk boundaries), only faster.
+    # The batched stream that streamed fits train on must give exactly the DataLoader batches
+    # of the rows (same shuffle, batches across chunk boundaries), only faster.
     from torch.utils.data import DataLoader
 
-    from mixture_density._streaming import _CSVRows
+    from mixture_density import CSVChunkDataset
 
     path = str(write_data(tmp_path / "d.csv", 103))
     moments = scan_csv(path, ["x1", "x2"], ["y"], chunk_rows=7).moments
-    kw = {"skip_rows": 10, "shuffle": True, "seed": 3, "moments": moments}
-    rows = _CSVRows(path, ["x1", "x2"], ["y"], 7, **kw)  # type: ignore[arg-type]
-    batched = _CSVRows(path, ["x1", "x2"], ["y"], 7, batch_rows=5, **kw)  # type: ignore[arg-type]
+    kw = {"skip_rows": 10, "shuffle": True, "seed": 3, "transform": moments.standardize}
+    rows = CSVChunkDataset(path, ["x1", "x2"], ["y"], 7, **kw)  # type: ignore[arg-type]
+    batched = CSVChunkDataset(path, ["x1", "x2"], ["y"], 7, batch_rows=5, **kw)  # type: ignore[arg-type]
     for ds in (rows, batched):
         ds.set_epoch(2)
     expected = list(DataLoader(rows, batch_size=5))

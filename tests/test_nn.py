@@ -77,7 +77,7 @@ def test_shape_grid(batch: tuple[int, ...], K: int, D: int, noise_type: str) -> 
     # Every block of the head's output gets a non-zero gradient (the logits of a single
     # component are normalized away, so their gradient is exactly zero there).
     head = model.head
-    grad_logits, grad_loc, grad_scale = head._split(head.linear.bias.grad)
+    grad_logits, grad_loc, grad_scale = head.layout.split(head.linear.bias.grad)
     assert grad_loc.abs().sum() > 0
     if K > 1:
         assert grad_logits.abs().sum() > 0
@@ -138,7 +138,7 @@ def test_isotropic_component_keeps_its_own_sigma() -> None:
     sigma = torch.tensor([0.2, 1.0, 5.0], dtype=torch.float64)
     with torch.no_grad():
         head.linear.weight.zero_()
-        head._split(head.linear.bias)[2].copy_(torch.log(torch.expm1(sigma - head.min_scale)))
+        head.layout.split(head.linear.bias)[2].copy_(torch.log(torch.expm1(sigma - head.min_scale)))
     stddev = head(torch.randn(2, 6, dtype=torch.float64)).component_stddev  # (2, K, D)
     torch.testing.assert_close(stddev, sigma[:, None].expand(2, K, D), rtol=1e-12, atol=0.0)
 
@@ -155,7 +155,7 @@ def test_scale_floor(noise_type: str, dtype: torch.dtype) -> None:
     for raw_value in (-1e4, 1e4):
         with torch.no_grad():
             head.linear.weight.zero_()
-            scale_bias = head._split(head.linear.bias)[2]
+            scale_bias = head.layout.split(head.linear.bias)[2]
             if noise_type == "full":
                 per_component = scale_bias.view(K, -1)
                 per_component[:, :D] = raw_value  # the diagonal entries of P

@@ -8,11 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixture_density.distribution import GaussianMixture
 from mixture_density.noise import (
+    HeadLayout,
     NoiseType,
     bounded_scale,
     inverse_bounded_scale,
+    inverse_precision_diagonal,
     n_scale_outputs,
+    precision_diagonal,
     precision_tril_from_raw,
     scale_from_raw,
     scale_parameters,
@@ -182,3 +186,68 @@ def test_scale_parameters_dispatch() -> None:
     assert (fixed["scale"] == 0.25).all()
     with pytest.raises(ValueError, match="fixed_scale"):
         scale_parameters("fixed", empty, 3, 2, min_scale=1e-3)
+
+
+def test_precision_diagonal_round_trip_and_floor() -> None:
+    raw = torch.linspace(-30.0, 30.0, 61, dtype=torch.float64)
+    p = precision_diagonal(raw, min_scale=1e-2)
+    torch.testing.assert_close(p, 1.0 / (F.softplus(raw) + 1e-2), rtol=1e-15, atol=0.0)
+    assert (p <= 1.0 / 1e-2).all() and (p > 0).all()
+    torch.testing.assert_close(inverse_precision_diagonal(p[:40], 1e-2), raw[:40])
+    with pytest.raises(ValueError, match="min_scale"):
+        inverse_precision_diagonal(torch.tensor([1.0 / 1e-2]), 1e-2)
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("D", [1, 3])
+def test_head_layout_blocks_partition_the_output(name: str, D: int) -> None:
+    K = 2
+    layout = HeadLayout(NoiseType(name), K, D)
+    assert layout.n_outputs == K + K * D + n_scale_outputs(name, K, D) == sum(layout.sizes)
+    rows = [layout.logits_rows, layout.loc_rows, layout.scale_rows]
+    assert [r.start for r in rows] == [0, rows[0].stop, rows[1].stop]
+    assert rows[2].stop == layout.n_outputs
+    raw = torch.arange(float(3 * layout.n_outputs)).reshape(3, -1)  # (B, n_outputs)
+    logits, loc, scale_raw = layout.split(raw)
+    assert torch.equal(logits, raw[:, rows[0]])
+    assert torch.equal(loc, raw[:, rows[1]].reshape(3, K, D))
+    assert torch.equal(scale_raw, raw[:, rows[2]])
+    # Along dim 0 (the head's weight, outputs first): the same blocks.
+    by_rows = layout.split(raw.T, dim=0)
+    for a, b in zip(by_rows, (logits, loc, scale_raw)):
+        assert torch.equal(a.movedim(0, -1) if a.dim() == 2 else a.permute(2, 0, 1), b)
+
+
+def test_head_layout_packed_full_factor() -> None:
+    K, D = 2, 3
+    layout = HeadLayout(NoiseType.FULL, K, D)
+    scale_raw = torch.randn(4, layout.n_scale, dtype=torch.float64)
+    diagonal_raw, off_diagonal = layout.split_packed(scale_raw)
+    per_component = scale_raw.reshape(4, K, D * (D + 1) // 2)  # D diagonal, then the rest
+    assert torch.equal(diagonal_raw, per_component[..., :D])
+    assert torch.equal(off_diagonal, per_component[..., D:])
+    torch.testing.assert_close(
+        precision_tril_from_raw(scale_raw, K, D, 1e-3),
+        scale_parameters("full", scale_raw, K, D, 1e-3)["precision_tril"],
+    )
+    with pytest.raises(ValueError, match="full"):
+        HeadLayout(NoiseType.DIAGONAL, K, D).split_packed(scale_raw)
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_head_layout_mixture_matches_scale_parameters(name: str) -> None:
+    # The layout's mixture is the GaussianMixture of the documented blocks, for any batch shape
+    # (here (M, B): a stacked ensemble's).
+    K, D = 3, 2
+    layout = HeadLayout(NoiseType(name), K, D)
+    raw = torch.randn(4, 5, layout.n_outputs, dtype=torch.float64)
+    fixed = torch.tensor(0.3, dtype=torch.float64) if name == "fixed" else None
+    mixture = layout.mixture_from_raw(raw, min_scale=1e-3, fixed_scale=fixed)
+    assert mixture.batch_shape == (4, 5) and mixture.event_shape == (D,)
+    logits, loc, scale_raw = raw.split(layout.sizes, -1)
+    params = scale_parameters(name, scale_raw, K, D, 1e-3, fixed_scale=fixed)
+    expected = GaussianMixture(logits, loc.unflatten(-1, (K, D)), **params)
+    y = torch.randn(4, 5, D, dtype=torch.float64)
+    torch.testing.assert_close(mixture.log_prob(y), expected.log_prob(y), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="raw must have shape"):
+        layout.mixture_from_raw(raw[..., 1:], min_scale=1e-3, fixed_scale=fixed)

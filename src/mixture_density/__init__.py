@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from ._data import CSVChunkDataset, Moments, streaming_moments
+from ._csv import CSVChunkDataset
+from ._data import Moments, streaming_moments
 from .distribution import GaussianMixture
 from .nn import MixtureDensityHead, MixtureDensityNetwork
 from .noise import NoiseType

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import _distributed as _dist
-from ._serialization import atomic_path
+from ._files import atomic_path
 
 __all__ = [
     "CKPT_VERSION",
@@ -51,8 +51,8 @@ PROGRESS_KEYS = (
 def atomic_save(obj: Any, path: str) -> None:
     """Writes ``obj`` to ``path`` so that a crash leaves either the old or the new file.
 
-    The payload goes to a temporary file next to ``path`` (``_serialization.atomic_path``),
-    is flushed to disk, then renamed over ``path``.
+    The payload goes to a temporary file next to ``path`` that is flushed to disk, then
+    renamed over ``path`` (``_files.atomic_path``).
 
     Example:
         >>> import os, tempfile
@@ -64,9 +64,6 @@ def atomic_save(obj: Any, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(obj, handle)
-        # A checkpoint must survive a machine crash, not only a process crash.
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

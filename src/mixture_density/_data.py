@@ -1,15 +1,15 @@
 """Data plumbing for :func:`mixture_density.training.fit` (private).
 
 Converts user inputs to tensors with errors that name the argument, batches in-memory
-tensors with a seeded generator (sharded like ``DistributedSampler`` under DDP), and streams
-CSV files larger than memory (:class:`CSVChunkDataset`, :func:`streaming_moments`).
+tensors with a seeded generator (sharded like ``DistributedSampler`` under DDP), and computes
+the column moments of data streamed chunk by chunk (:func:`streaming_moments`), e.g. from a
+:class:`CSVChunkDataset` (defined in ``_csv``, the CSV reader, and re-exported here).
 """
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +23,10 @@ from torch.utils.data import (
     RandomSampler,
     Sampler,
     Subset,
-    get_worker_info,
     random_split,
 )
 
+from ._csv import CSVChunkDataset
 from ._distributed import DistContext
 
 __all__ = ["CSVChunkDataset", "Moments", "streaming_moments"]
@@ -40,9 +40,6 @@ EVAL_BATCH = 4096
 #: of blowing rounding noise up to unit variance; the estimator's in-memory standardization uses
 #: the same rule (:func:`guarded_scale`), as sklearn's StandardScaler does.
 CONSTANT_SPREAD_ULPS = 10.0
-
-#: ``(x (m, d), y (m, D)) -> (x', y')`` applied by :class:`CSVChunkDataset` to each chunk.
-ChunkTransform = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 
 def as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -365,166 +362,7 @@ def build_sources(
     return Source(loader=loader, n_rows=len(ds)), val  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------- streaming CSV
-
-
-def _shard_info() -> tuple[int, int]:
-    """Returns ``(global worker id, number of workers)`` across DDP ranks and loader workers."""
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    info = get_worker_info()
-    wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
-    return rank * nworkers + wid, world * nworkers
-
-
-class CSVChunkDataset(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Streams ``(x, y)`` rows from a CSV file that need not fit in memory.
-
-    The file is read sequentially with the standard-library :mod:`csv` module, ``chunksize``
-    rows at a time. Chunk ``i`` belongs to global worker ``i mod W``, where ``W`` counts the
-    DDP ranks times the DataLoader workers, so each row is seen by exactly one worker per epoch
-    (every worker still scans the whole file, but converts only its own chunks). With
-    ``shuffle=True`` rows are permuted within each chunk by a generator seeded from
-    ``(seed, epoch, chunk)``; call :meth:`set_epoch` (``fit`` does) for a new order each epoch.
-
-    Args:
-        path: CSV file.
-        feature_cols: column names (needs a header) or 0-based indices of the inputs ``x``.
-        target_cols: column names or indices of the targets ``y``.
-        chunksize: rows per chunk.
-        delimiter: field separator.
-        header: whether the first line holds column names.
-        shuffle: permute rows within each chunk.
-        seed: seed of the within-chunk shuffle.
-        dtype: dtype of the yielded tensors.
-        transform: optional ``(x (m, d), y (m, D)) -> (x, y)`` applied to each float64 chunk
-            before conversion, e.g. :meth:`Moments.standardize` of a first
-            :func:`streaming_moments` pass, since :func:`~mixture_density.training.fit`
-            expects standardized data. :meth:`iter_chunks` returns untransformed chunks.
-
-    Yields:
-        ``(x (d,), y (D,))`` float tensors, one row at a time (wrap in a ``DataLoader`` with
-        ``batch_size`` to batch them).
-
-    Example:
-        >>> import tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "d.csv")
-        >>> _ = open(path, "w").write("a,b,t\\n1,2,3\\n4,5,6\\n")
-        >>> ds = CSVChunkDataset(path, ["a", "b"], ["t"], chunksize=1)
-        >>> [tuple(x.tolist()) for x, _ in ds]
-        [(1.0, 2.0), (4.0, 5.0)]
-        >>> scaled = CSVChunkDataset(path, ["a", "b"], ["t"],
-        ...                          transform=streaming_moments(ds).standardize)
-        >>> [y.item() for _, y in scaled]
-        [-1.0, 1.0]
-    """
-
-    def __init__(
-        self,
-        path: str,
-        feature_cols: Sequence[str | int],
-        target_cols: Sequence[str | int],
-        chunksize: int = 10_000,
-        *,
-        delimiter: str = ",",
-        header: bool = True,
-        shuffle: bool = False,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float32,
-        transform: ChunkTransform | None = None,
-    ) -> None:
-        super().__init__()
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be a positive integer, got {chunksize}")
-        if not feature_cols or not target_cols:
-            raise ValueError("feature_cols and target_cols must each name at least one column")
-        self.path = str(path)
-        self.feature_cols = list(feature_cols)
-        self.target_cols = list(target_cols)
-        self.chunksize = chunksize
-        self.delimiter = delimiter
-        self.header = header
-        self.shuffle = shuffle
-        self.seed = seed
-        self.dtype = dtype
-        self.transform = transform
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Sets the epoch that seeds the within-chunk shuffle."""
-        self.epoch = epoch
-
-    def _resolve(self, names: list[str] | None) -> tuple[list[int], list[int]]:
-        def index(col: str | int) -> int:
-            if isinstance(col, int):
-                return col
-            if names is None:
-                raise ValueError(f"column {col!r} given by name but header=False; use indices")
-            if col not in names:
-                raise ValueError(f"column {col!r} not in the header of {self.path}: {names}")
-            return names.index(col)
-
-        return [index(c) for c in self.feature_cols], [index(c) for c in self.target_cols]
-
-    def iter_chunks(
-        self, shard: tuple[int, int] = (0, 1)
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Yields ``(chunk index, x (m, d), y (m, D))`` as float64 numpy arrays.
-
-        Args:
-            shard: ``(worker, n_workers)``; the default reads every chunk.
-        """
-        worker, n_workers = shard
-        with open(self.path, newline="") as handle:
-            reader = csv.reader(handle, delimiter=self.delimiter)
-            names = next(reader, None) if self.header else None
-            fidx, tidx = self._resolve(names)
-            cols = fidx + tidx
-            rows: list[list[str]] = []
-            chunk = 0
-            line0 = 2 if self.header else 1
-            for row in reader:
-                if not row:
-                    continue
-                if chunk % n_workers == worker:
-                    rows.append([row[i] for i in cols])
-                else:
-                    rows.append([])  # a placeholder keeps the row count for line numbers
-                if len(rows) == self.chunksize:
-                    if chunk % n_workers == worker:
-                        yield chunk, *self._convert(rows, len(fidx), line0)
-                    line0 += len(rows)
-                    rows, chunk = [], chunk + 1
-            if rows and chunk % n_workers == worker:
-                yield chunk, *self._convert(rows, len(fidx), line0)
-
-    def _convert(self, rows: list[list[str]], d: int, line0: int) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            arr = np.array(rows, dtype=np.float64)
-        except ValueError as exc:
-            raise ValueError(
-                f"{self.path}: non-numeric value in lines {line0}-{line0 + len(rows) - 1}: {exc}"
-            ) from exc
-        bad = ~np.isfinite(arr).all(axis=1)
-        if bad.any():
-            raise ValueError(
-                f"{self.path}: NaN or inf in line {line0 + int(np.argmax(bad))}; "
-                "clean the file before training"
-            )
-        return arr[:, :d], arr[:, d:]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for chunk, x, y in self.iter_chunks(_shard_info()):
-            if self.transform is not None:
-                x, y = self.transform(x, y)
-            xt = torch.as_tensor(x, dtype=self.dtype)
-            yt = torch.as_tensor(y, dtype=self.dtype)
-            if self.shuffle:
-                rng = np.random.default_rng([self.seed, self.epoch, chunk])
-                perm = torch.as_tensor(rng.permutation(xt.shape[0]))
-                xt, yt = xt[perm], yt[perm]
-            yield from zip(xt, yt)
+# --------------------------------------------------------------------------- streaming moments
 
 
 def guarded_scale(mean: np.ndarray, std: np.ndarray) -> np.ndarray:

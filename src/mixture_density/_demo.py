@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .cli import _check_output_path, _save_figure
+from ._files import check_output_path, save_figure
 from .estimator import MDNRegressor
 
 __all__ = ["inverse_problem_data", "run_demo", "true_conditional_log_prob"]
@@ -79,7 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .metrics import interval_coverage
 
-    _check_output_path(args.out)
+    check_output_path(args.out)
     n_train = args.n if args.n is not None else (600 if args.quick else 3000)
     rng = np.random.default_rng(args.seed)
     X, y = inverse_problem_data(n_train, rng)
@@ -113,8 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
     mean_err = np.abs(model.predict(X_test) - y_test).mean()
     mode_err = np.abs(model.predict_mode(X_test) - y_test).mean()
     with torch.no_grad():
-        loc = dist.component_loc if hasattr(dist, "component_loc") else dist.loc
-        branch = loc[..., 0].double().numpy()  # (n, K)
+        branch = dist.loc[..., 0].double().numpy()  # (n, K)
         weight = dist.probs.double().numpy()  # (n, K)
     gap = np.where(weight >= _BRANCH_MIN_WEIGHT, np.abs(branch - y_test[:, None]), np.inf)
     branch_err = gap.min(axis=1).mean()
@@ -149,4 +148,4 @@ def _demo_figure(model: MDNRegressor, X: np.ndarray, y: np.ndarray, path: str, s
     plot_samples_vs_data(X[:, 0], y, X[:, 0], samples, bins=60, axes=(ax_data, ax_samples))
     ax_samples.sharey(ax_data)
     fig.suptitle("Inverse problem x = 7 sin(5y) + 0.5y + noise: one x, several y")
-    _save_figure(fig, path)
+    save_figure(fig, path)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-#: Environment variable with the process-group timeout in seconds. A collective that waits
-#: longer than this for a peer (for example one that was killed) raises instead of hanging.
-TIMEOUT_ENV = "MIXTURE_DENSITY_DIST_TIMEOUT"
-#: Default timeout: long enough for a slow first step (``torch.compile`` on one rank while the
-#: others wait at the first all-reduce), short enough that a dead peer is noticed.
-DEFAULT_TIMEOUT_S = 600.0
+from . import _env
+
+# Re-exported for training.py, which reads them from here (until it imports them from _env).
 
 
 @dataclass
@@ -26,40 +22,11 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     created_group: bool = False
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = _env.DEFAULT_TIMEOUT_S
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def _timeout_s() -> float:
-    raw = os.environ.get(TIMEOUT_ENV)
-    if raw is None:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
-    return value
-
-
-def resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
-    """``"auto"``: CUDA device ``local_rank`` if CUDA is available, else CPU.
-
-    A bare ``"cuda"`` also becomes ``cuda:local_rank``, so that each process of a node
-    drives its own GPU.
-    """
-    if isinstance(device, str) and device == "auto":
-        return (
-            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        )
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def setup(distributed: bool | None, use_cuda: bool) -> DistContext:
@@ -73,17 +40,14 @@ def setup(distributed: bool | None, use_cuda: bool) -> DistContext:
     if distributed is False:
         return DistContext()
     initialized = dist.is_available() and dist.is_initialized()
-    world_env = int(os.environ.get("WORLD_SIZE", "1"))
-    if distributed is None and not initialized and world_env <= 1:
+    if distributed is None and not initialized and _env.world_size() <= 1:
         return DistContext()
     if not dist.is_available():
         raise ValueError("distributed=True but this torch build has no torch.distributed")
-    timeout = _timeout_s()
+    timeout = _env.dist_timeout_s()
     created = False
     if not initialized:
-        missing = [
-            k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
-        ]
+        missing = _env.missing_launcher_variables()
         if missing:
             raise ValueError(
                 f"distributed=True but the environment lacks {missing}; launch with "
@@ -99,7 +63,7 @@ def setup(distributed: bool | None, use_cuda: bool) -> DistContext:
         enabled=dist.get_world_size() > 1 or distributed is True,
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_rank=_env.local_rank(),
         created_group=created,
         timeout_s=timeout,
     )

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from ._options import FitResult
 from .distribution import GaussianMixture
 from .nn import MixtureDensityNetwork
-from .noise import scale_parameters
 
 __all__ = ["StackedMDN", "member_results"]
 
@@ -106,20 +105,17 @@ class StackedMDN(nn.Module):
             else:
                 h = layer(h)  # elementwise activation or dropout
         head = self._head[0]
-        K, D = head.n_components, head.dim_out
-        logits = h[..., :K]  # (M, B, K)
-        loc = h[..., K : K + K * D].unflatten(-1, (K, D))  # (M, B, K, D)
-        scale = scale_parameters(
-            head.noise_type,
-            h[..., K + K * D :].contiguous(),
-            K,
-            D,
-            head.min_scale,
-            fixed_scale=head.fixed_scale,
-        )
+        logits, loc, scale_raw = head.layout.split(h)
         # No argument checks: they cost a sync and several kernels per step, and the loop
         # already zeroes non-finite gradients member by member.
-        return GaussianMixture(logits.contiguous(), loc.contiguous(), **scale, validate_args=False)
+        return head.layout.mixture(
+            logits.contiguous(),  # (M, B, K)
+            loc.contiguous(),  # (M, B, K, D)
+            scale_raw.contiguous(),
+            min_scale=head.min_scale,
+            fixed_scale=head.fixed_scale,
+            validate_args=False,
+        )
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """``(M, B)`` negative log-likelihoods of ``y (M, B, D)`` or ``(B, D)``."""

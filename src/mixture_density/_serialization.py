@@ -1,4 +1,4 @@
-"""Atomic file writes and a pickle-free single-file checkpoint format.
+"""A pickle-free single-file checkpoint format for fitted models.
 
 A checkpoint holds a JSON configuration string and a flat ``name -> tensor`` mapping.
 Two containers are supported; :func:`read_checkpoint` tells them apart by their first bytes:
@@ -11,60 +11,30 @@ Two containers are supported; :func:`read_checkpoint` tells them apart by their 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ._errors import MixtureDensityError
+from ._files import atomic_path
 
-__all__ = ["atomic_path", "read_checkpoint", "write_checkpoint"]
+__all__ = ["read_checkpoint", "write_checkpoint"]
 
 #: Tag stored in every checkpoint so that other files are rejected with a clear message.
 FORMAT_TAG = "mixture-density-checkpoint"
 _ZIP_MAGIC = b"PK"  # torch.save writes a zip archive
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only on success.
-
-    The temporary file lives in the same directory (so :func:`os.replace` is an atomic
-    rename) and keeps the suffix of ``path`` (so writers that infer a format from the
-    suffix, like ``matplotlib.savefig``, still do). On an exception it is removed and
-    ``path`` is left untouched: readers never see a half-written file.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
-        >>> with atomic_path(target) as tmp:
-        ...     _ = tmp.write_text("done")
-        >>> target.read_text()
-        'done'
-    """
-    path = Path(path)
-    # Not tempfile.mkstemp: it creates mode 0600 files, and the result should get the usual
-    # permissions (0666 minus the umask), as if written in place. "x" refuses to clobber.
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
-    open(tmp, "xb").close()
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def write_checkpoint(
     path: str | os.PathLike[str], config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
 ) -> None:
     """Write ``config`` (JSON-serializable) and ``tensors`` to one file, atomically.
+
+    The file is complete and on disk (``_files.atomic_path``) before it replaces ``path``.
 
     Args:
         path: Destination. A ``.safetensors`` suffix selects the safetensors container.

@@ -21,19 +21,18 @@ streamed counterpart.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
-import os
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ._data import CSVChunkDataset, Moments, _shard_info, streaming_moments
+from . import _env
+from ._csv import CSVChunkDataset
+from ._data import Moments, streaming_moments
 from ._errors import MixtureDensityError
 
 if TYPE_CHECKING:
@@ -48,142 +47,6 @@ DEFAULT_VAL_FRACTION = 0.1
 #: 10,000 rows give the validation NLL a standard error of about 0.01 nats (a per-row NLL
 #: spread of ~1 nat), enough for early stopping, at the cost of one small in-memory array.
 MAX_DEFAULT_VAL_ROWS = 10_000
-
-
-class _CSVRows(CSVChunkDataset):
-    """A :class:`CSVChunkDataset` that skips the first ``skip_rows`` data rows.
-
-    The skipped rows are the validation set of a streamed fit, so they must not be trained
-    on. Also stricter than the base class, as the ``mdn`` command's in-memory reader is: a
-    row with the wrong number of fields is an error naming its line (instead of an
-    ``IndexError`` or silently read columns), and a UTF-8 byte-order mark before the header
-    is ignored.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        features: Sequence[str],
-        targets: Sequence[str],
-        chunksize: int,
-        *,
-        skip_rows: int = 0,
-        shuffle: bool = False,
-        seed: int = 0,
-        moments: Moments | None = None,
-        batch_rows: int | None = None,
-    ) -> None:
-        super().__init__(
-            path,
-            list(features),
-            list(targets),
-            chunksize,
-            shuffle=shuffle,
-            seed=seed,
-            transform=None if moments is None else moments.standardize,
-        )
-        self.skip_rows = skip_rows
-        self.batch_rows = batch_rows
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Rows ``(x (d,), y (D,))``, or with ``batch_rows`` batches ``(x (B, d), y (B, D))``.
-
-        The batches are exactly those that ``DataLoader(rows, batch_size=batch_rows)`` would
-        collate from the rows (they run across chunk boundaries), without cutting each chunk
-        into row tensors and stacking them again: that costs more than parsing the text.
-        """
-        if self.batch_rows is None:
-            yield from super().__iter__()
-            return
-        size = self.batch_rows
-        carry: tuple[torch.Tensor, torch.Tensor] | None = None  # the rows of a partial batch
-        for chunk, x, y in self.iter_chunks(_shard_info()):
-            if self.transform is not None:
-                x, y = self.transform(x, y)
-            xt = torch.as_tensor(x, dtype=self.dtype)  # (m, d)
-            yt = torch.as_tensor(y, dtype=self.dtype)  # (m, D)
-            if self.shuffle:  # the base class's permutation, so that the rows come in its order
-                rng = np.random.default_rng([self.seed, self.epoch, chunk])
-                perm = torch.as_tensor(rng.permutation(xt.shape[0]))
-                xt, yt = xt[perm], yt[perm]
-            if carry is not None:
-                xt, yt = torch.cat([carry[0], xt]), torch.cat([carry[1], yt])
-            full = xt.shape[0] - xt.shape[0] % size
-            for start in range(0, full, size):
-                yield xt[start : start + size], yt[start : start + size]
-            carry = (xt[full:], yt[full:]) if full < xt.shape[0] else None
-        if carry is not None:
-            yield carry
-
-    def iter_chunks(
-        self, shard: tuple[int, int] = (0, 1)
-    ) -> Generator[tuple[int, np.ndarray, np.ndarray], None, None]:
-        """Yields ``(chunk index, x (m, d), y (m, D))``; chunks count from the first kept row."""
-        worker, n_workers = shard
-        with open(self.path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter=self.delimiter)
-            header = next(reader, None)
-            if header is None:
-                raise MixtureDensityError(f"{self.path}: empty file, expected a header row")
-            names = [name.strip() for name in header]
-            fidx, tidx = self._resolve(names)
-            cols = fidx + tidx
-            selected = [names[i] for i in cols]
-            rows: list[list[str]] = []
-            lines: list[int] = []  # line number of each row, for error messages
-            chunk, seen = 0, 0
-            for row in reader:
-                # Blank lines (no field, or only empty ones) are skipped, as the in-memory
-                # reader does; the full test runs only on rows that start with a blank field.
-                if (not row or not row[0].strip()) and not any(c.strip() for c in row):
-                    continue
-                if len(row) != len(names):
-                    raise MixtureDensityError(
-                        f"{self.path} line {reader.line_num}: {len(row)} fields, but the header "
-                        f"has {len(names)}"
-                    )
-                seen += 1
-                if seen <= self.skip_rows:
-                    continue
-                mine = chunk % n_workers == worker
-                # Other workers' chunks are counted but not converted: a placeholder keeps
-                # the chunk length without the cost of float parsing.
-                rows.append([row[i] for i in cols] if mine else [])
-                if mine:
-                    lines.append(reader.line_num)
-                if len(rows) == self.chunksize:
-                    if mine:
-                        yield chunk, *self._parse(rows, lines, selected, len(fidx))
-                    rows, lines, chunk = [], [], chunk + 1
-            if rows and chunk % n_workers == worker:
-                yield chunk, *self._parse(rows, lines, selected, len(fidx))
-
-    def _parse(
-        self, rows: list[list[str]], lines: list[int], names: list[str], d: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(x (m, d), y (m, D))`` float64 from text cells; all must be finite numbers."""
-        try:
-            arr = np.array(rows, dtype=np.float64)  # (m, d + D)
-        except ValueError:
-            arr = None
-        if arr is None or not np.isfinite(arr).all():
-            # Rare: find the first bad cell and name it as the in-memory reader does (or, if
-            # Python reads every cell that numpy would not, e.g. "1_000", use its numbers).
-            for row, line in zip(rows, lines):
-                for cell, name in zip(row, names):
-                    where = f"{self.path} line {line}, column {name!r}"
-                    try:
-                        value = float(cell)
-                    except ValueError:
-                        problem = "empty cell" if not cell.strip() else f"{cell!r} is not a number"
-                        raise MixtureDensityError(f"{where}: {problem}") from None
-                    if not math.isfinite(value):
-                        raise MixtureDensityError(
-                            f"{where}: {cell!r} (missing or infinite values are not supported; "
-                            "drop or impute the row)"
-                        )
-            arr = np.array([[float(cell) for cell in row] for row in rows], dtype=np.float64)
-        return arr[:, :d], arr[:, d:]
 
 
 @dataclass
@@ -254,12 +117,12 @@ def scan_csv(
     if chunk_rows < 1:
         raise MixtureDensityError(f"chunk_rows must be a positive integer, got {chunk_rows}")
     path = str(path)
-    everything = _CSVRows(path, features, targets, chunk_rows)
+    everything = CSVChunkDataset(path, list(features), list(targets), chunk_rows)
     try:
         moments = streaming_moments(everything)
-    except ValueError as err:
-        if "got no rows" not in str(err):
-            raise MixtureDensityError(str(err)) from None
+    except MixtureDensityError:  # a bad file or column
+        raise
+    except ValueError:  # streaming_moments got no rows
         raise MixtureDensityError(f"{path}: no data rows after the header") from None
     n = moments.n
     if val_rows is None:
@@ -273,14 +136,15 @@ def scan_csv(
     d, D = len(features), len(targets)
     x_val, y_val = np.empty((0, d)), np.empty((0, D))
     if val_rows:
-        _, x_val, y_val = _first_chunk(_CSVRows(path, features, targets, val_rows))
-    _, _, y_init = _first_chunk(_CSVRows(path, features, targets, chunk_rows, skip_rows=val_rows))
+        _, x_val, y_val = _first_chunk(CSVChunkDataset(path, features, targets, val_rows))
+    first_training_chunk = CSVChunkDataset(path, features, targets, chunk_rows, skip_rows=val_rows)
+    _, _, y_init = _first_chunk(first_training_chunk)
     return StreamedCSV(
         path, list(features), list(targets), chunk_rows, n, moments, x_val, y_val, y_init
     )
 
 
-def _first_chunk(data: _CSVRows) -> tuple[int, np.ndarray, np.ndarray]:
+def _first_chunk(data: CSVChunkDataset) -> tuple[int, np.ndarray, np.ndarray]:
     with contextlib.closing(data.iter_chunks()) as chunks:  # closes the file at once
         return next(chunks)
 
@@ -323,9 +187,7 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     scale_x, scale_y = data.moments.scales()
     # fit's batch_size is global: each rank takes its share, as fit does for in-memory data.
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 0
-    world = world or int(os.environ.get("WORLD_SIZE", "1"))
-    stream = _CSVRows(
+    stream = CSVChunkDataset(
         data.path,
         data.features,
         data.targets,
@@ -333,8 +195,8 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
         skip_rows=data.n_val,
         shuffle=True,
         seed=seed,
-        moments=data.moments,
-        batch_rows=max(1, est.batch_size // world),
+        transform=data.moments.standardize,
+        batch_rows=max(1, est.batch_size // _env.world_size()),
     )
     mean_x, mean_y = data.moments.mean_x, data.moments.mean_y
     val_data = None

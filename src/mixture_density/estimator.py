@@ -43,6 +43,8 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
 from . import __version__
 from ._data import guarded_scale
 from ._ensemble import StackedMDN, member_results
+from ._env import resolve_device as _resolve_device
+from ._env import world_size as _world_size
 from ._errors import MixtureDensityError
 from ._serialization import read_checkpoint, write_checkpoint
 from .distribution import GaussianMixture
@@ -342,7 +344,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 f"{self.n_estimators}: several networks are trained as one batched model in "
                 "one process"
             )
-        if self.random_state is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if self.random_state is None and _world_size() > 1:
             # Each rank would draw its own split and seeds from the OS's entropy.
             raise MixtureDensityError(
                 "random_state=None under torchrun: every rank must draw the same validation "
@@ -579,6 +581,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Raises:
             OSError: The file cannot be read.
             MixtureDensityError: The file is not a saved ``MDNRegressor``.
+            ValueError: ``device`` is a CUDA device and CUDA is not available.
         """
         config, tensors = read_checkpoint(path)
         if config.get("kind") != _CHECKPOINT_KIND:
@@ -593,7 +596,12 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         if device is not None:
             params["device"] = device
         est = cls(**params)
-        target = _resolve_device(est.device)
+        try:
+            target = _resolve_device(est.device)
+        except ValueError:  # a CUDA device where there is none
+            if device is not None:
+                raise
+            target = torch.device("cpu")  # documented: the saved device, or cpu without it
         n_features, n_outputs = int(config["n_features_in"]), int(config["n_outputs"])
         models = []
         for i in range(int(params["n_estimators"])):
@@ -659,12 +667,6 @@ def _standardization(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column means and standard deviations of ``(n, p)`` data; near-constant columns get 1."""
     mean = A.mean(axis=0)
     return mean, guarded_scale(mean, A.std(axis=0))
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto" or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _from_jsonable(value: Any) -> Any:

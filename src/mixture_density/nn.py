@@ -16,31 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixture_density._activations import resolve_activation
+from mixture_density._kmeans import kmeans
 from mixture_density.distribution import GaussianMixture
 from mixture_density.noise import (
+    HeadLayout,
     NoiseType,
-    bounded_scale,
     inverse_bounded_scale,
-    n_scale_outputs,
-    scale_parameters,
+    inverse_precision_diagonal,
+    precision_diagonal,
 )
 
 __all__ = ["MixtureDensityHead", "MixtureDensityNetwork"]
-
-# Short activation names; any class name from torch.nn's activations (any case) works too.
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "selu": nn.SELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "swish": nn.SiLU,
-    "mish": nn.Mish,
-    "softplus": nn.Softplus,
-    "sigmoid": nn.Sigmoid,
-}
 
 # initialize(): the within-cluster variance of every output gets (this * its overall standard
 # deviation)^2 added, so that a cluster of one point, or of repeated values, does not start
@@ -58,8 +45,9 @@ class MixtureDensityHead(nn.Module):
 
     One ``nn.Linear(in_features, K + K * D + S)`` produces, per input, ``K`` mixture logits,
     ``K * D`` component means and ``S = n_scale_outputs(noise_type, K, D)`` raw scale numbers,
-    turned into standard deviations (or a precision Cholesky factor for ``noise_type="full"``)
-    by :mod:`mixture_density.noise`, with the floor ``min_scale``.
+    laid out as :class:`~mixture_density.noise.HeadLayout` describes and turned into standard
+    deviations (or a precision Cholesky factor for ``noise_type="full"``) by
+    :mod:`mixture_density.noise`, with the floor ``min_scale``.
 
     At construction the mixture weights are uniform (zero logit weights and bias), every
     component has unit standard deviation whatever the input (zero scale weights, bias with
@@ -77,6 +65,7 @@ class MixtureDensityHead(nn.Module):
 
     Attributes:
         linear: the ``nn.Linear`` producing all raw outputs.
+        layout: the :class:`~mixture_density.noise.HeadLayout` of those outputs.
         fixed_scale: 0-d buffer holding ``fixed_noise_level`` (``None`` unless fixed), so
             that it follows ``.to(dtype/device)`` and is saved in ``state_dict``.
 
@@ -108,9 +97,9 @@ class MixtureDensityHead(nn.Module):
         self.min_scale = _check_positive_float("min_scale", min_scale)
         self.fixed_noise_level = _check_fixed_noise_level(fixed_noise_level, self.noise_type)
 
-        K, D = self.n_components, self.dim_out
-        self.n_scale_outputs = n_scale_outputs(self.noise_type, K, D)
-        self.linear = nn.Linear(self.in_features, K + K * D + self.n_scale_outputs)
+        self.layout = HeadLayout(self.noise_type, self.n_components, self.dim_out)
+        self.n_scale_outputs = self.layout.n_scale
+        self.linear = nn.Linear(self.in_features, self.layout.n_outputs)
         if self.fixed_noise_level is None:
             self.register_buffer("fixed_scale", None)
         else:
@@ -121,33 +110,24 @@ class MixtureDensityHead(nn.Module):
             )
         self.reset_parameters()
 
-    def _split(self, raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Views of ``raw (*, K + K * D + S)``: logits ``(*, K)``, loc ``(*, K, D)``, ``(*, S)``."""
-        K, D = self.n_components, self.dim_out
-        logits = raw[..., :K]
-        loc = raw[..., K : K + K * D].unflatten(-1, (K, D))
-        scale_raw = raw[..., K + K * D :]
-        return logits, loc, scale_raw
-
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Uniform weights, unit scales, spread means (see the class docstring)."""
         self.linear.reset_parameters()
         # The mean weights keep nn.Linear's default (Kaiming-uniform) initialization.
-        weight_logits, _, weight_scale = self._split(self.linear.weight.T)
-        bias_logits, bias_loc, bias_scale = self._split(self.linear.bias)
+        weight_logits, _, weight_scale = self.layout.split(self.linear.weight, dim=0)
+        bias_logits, bias_loc, bias_scale = self.layout.split(self.linear.bias)
         weight_logits.zero_()
         bias_logits.zero_()
         bias_loc.normal_()
         weight_scale.zero_()
-        unit = inverse_bounded_scale(torch.ones(()), self.min_scale).item()
+        one = torch.ones(())
         if self.noise_type is NoiseType.FULL:
-            # Diagonal raw numbers first; P_ii = 1 / (softplus(b) + min_scale) = 1; P_ij = 0.
-            per_component = bias_scale.view(self.n_components, -1)
-            per_component[:, : self.dim_out] = unit
-            per_component[:, self.dim_out :] = 0.0
+            diagonal, off_diagonal = self.layout.split_packed(bias_scale)  # P_ii = 1, P_ij = 0
+            diagonal.fill_(inverse_precision_diagonal(one, self.min_scale).item())
+            off_diagonal.zero_()
         else:
-            bias_scale.fill_(unit)
+            bias_scale.fill_(inverse_bounded_scale(one, self.min_scale).item())
 
     def forward(self, h: Tensor) -> GaussianMixture:
         """Mixture for each row of features.
@@ -165,42 +145,38 @@ class MixtureDensityHead(nn.Module):
             raise ValueError(
                 f"h must have shape (*batch, in_features={self.in_features}), got {tuple(h.shape)}."
             )
-        K, D = self.n_components, self.dim_out
+        layout = self.layout
         # One GEMM per block of rows of the single weight matrix, rather than one GEMM and
         # slices of its output: every block comes out contiguous, which the elementwise
-        # kernels downstream need (softplus on a strided slice is ~8x slower on CPU), and the
-        # backward does not zero-fill the whole output once per slice.
+        # kernels downstream need (softplus on a strided slice is much slower on the CPU),
+        # and the backward does not zero-fill the whole output once per slice.
         weight, bias = self.linear.weight, self.linear.bias  # (K + K D + S, H), (K + K D + S,)
-        full = self.noise_type is NoiseType.FULL
-        if full and D > 1 and h.numel() > _ONE_GEMM_MAX_INPUTS:
+        if (
+            self.noise_type is NoiseType.FULL
+            and self.dim_out > 1
+            and h.numel() > _ONE_GEMM_MAX_INPUTS
+        ):
             return self._full_mixture(h, weight, bias)
         if h.numel() <= _ONE_GEMM_MAX_INPUTS:
-            # Small batches: kernel and autograd-node count dominate, so one GEMM and views.
-            raw = F.linear(h, weight, bias)  # (*batch, K + K D + S)
-            # split, not slices: its backward is one concatenation instead of a zero-filled
-            # full-size gradient per slice.
-            logits, loc, scale_raw = raw.split([K, K * D, self.n_scale_outputs], -1)
-            loc = loc.unflatten(-1, (K, D))  # (*batch, K, D)
-            # softplus on a strided view is several times slower than a copy plus softplus.
-            scale_raw = scale_raw.contiguous()
+            # Small batches: kernel and autograd-node count dominate, so one GEMM and views
+            # (one split: its backward is one concatenation).
+            logits, loc, scale_raw = layout.split(F.linear(h, weight, bias))
+            # softplus on a strided view is slower than a copy plus softplus.
+            scale_raw = scale_raw.contiguous()  # (*batch, S)
         else:
-            logits = F.linear(h, weight[:K], bias[:K])  # (*batch, K)
-            rows = slice(K, K + K * D)
-            loc = F.linear(h, weight[rows], bias[rows]).unflatten(-1, (K, D))  # (*batch, K, D)
+            rows = layout.logits_rows
+            logits = F.linear(h, weight[rows], bias[rows])  # (*batch, K)
+            rows = layout.loc_rows
+            loc = F.linear(h, weight[rows], bias[rows])  # (*batch, K D)
+            loc = loc.unflatten(-1, (self.n_components, self.dim_out))  # (*batch, K, D)
             # FIXED has no scale rows: the empty (*batch, 0) output only carries the batch
             # shape, dtype and device.
-            scale_raw = F.linear(h, weight[K + K * D :], bias[K + K * D :])  # (*batch, S)
-        if full:
-            # Small batches, or D == 1 (the packed factor is the diagonal alone).
-            packed = scale_raw.unflatten(-1, (K, -1))  # (*batch, K, D (D + 1) / 2)
-            diagonal = bounded_scale(packed[..., :D], self.min_scale).reciprocal()
-            return GaussianMixture.from_packed_precision_tril(
-                logits, loc, diagonal, packed[..., D:]
-            )
-        params = scale_parameters(
-            self.noise_type, scale_raw, K, D, self.min_scale, fixed_scale=self.fixed_scale
+            rows = layout.scale_rows
+            scale_raw = F.linear(h, weight[rows], bias[rows])  # (*batch, S)
+        # Full covariance here: small batches, or D == 1 (the packed factor is its diagonal).
+        return layout.mixture(
+            logits, loc, scale_raw, min_scale=self.min_scale, fixed_scale=self.fixed_scale
         )
-        return GaussianMixture(logits, loc, **params)
 
     def _full_mixture(self, h: Tensor, weight: Tensor, bias: Tensor) -> GaussianMixture:
         """Full-covariance mixture with packed precision factors, laid out batch-last.
@@ -211,14 +187,16 @@ class MixtureDensityHead(nn.Module):
         the gradients flow back into the GEMMs without one either.
         """
         K, D, H = self.n_components, self.dim_out, self.in_features
+        layout = self.layout
         batch = h.shape[:-1]
         h2 = h.reshape(-1, H)  # (N, H)
         n = h2.shape[0]
         # The bias rides along as one more weight column against a row of ones: the GEMM
-        # adds it without a separate pass over its (at D = 32, 160 MB) output, and the
-        # weight-gradient GEMM returns its gradient.
+        # adds it without a separate pass over its (large) output, and the weight-gradient
+        # GEMM returns its gradient.
         h_aug = torch.cat([h2, h2.new_ones(n, 1)], 1).T  # (H + 1, N), a transposed view
-        logits = F.linear(h, weight[:K], bias[:K])  # (*batch, K)
+        rows = layout.logits_rows
+        logits = F.linear(h, weight[rows], bias[rows])  # (*batch, K)
 
         def rows_t(w: Tensor, b: Tensor) -> Tensor:
             # (K * E, N) = [W | b] @ [h^T; 1]
@@ -228,19 +206,20 @@ class MixtureDensityHead(nn.Module):
             # (K * E, N) -> (*batch, K, E), a view (N is split back into the batch dims).
             return t.view(K, per_component, n).permute(2, 0, 1).reshape(*batch, K, per_component)
 
-        loc = batch_first(rows_t(weight[K : K + K * D], bias[K : K + K * D]), D)
-        # Scale rows: per component, D diagonal rows then D (D - 1) / 2 strictly-lower rows.
+        rows = layout.loc_rows
+        loc = batch_first(rows_t(weight[rows], bias[rows]), D)
+        # Scale rows by kind (HeadLayout.split_packed): diagonal rows, strictly-lower rows.
         # Gathering the weight rows by kind (a small copy of W) gives one GEMM per kind, each
         # with its own output: slices of one shared output would each cost a zero-filled
         # gradient of the whole output in the backward.
-        first = K + K * D
-        w_scale = weight[first:].view(K, -1, H)  # (K, D (D + 1) / 2, H)
-        b_scale = bias[first:].view(K, -1)  # (K, D (D + 1) / 2)
+        rows = layout.scale_rows
+        w_diag, w_off = layout.split_packed(weight[rows], dim=0)  # (K, D, H), (K, D(D-1)/2, H)
+        b_diag, b_off = layout.split_packed(bias[rows])  # (K, D), (K, D (D - 1) / 2)
         n_off = D * (D - 1) // 2
-        diag_t = rows_t(w_scale[:, :D].reshape(K * D, H), b_scale[:, :D].reshape(K * D))
-        # P_ii = 1 / (softplus(raw) + min_scale), on contiguous numbers.
-        diagonal = batch_first(bounded_scale(diag_t, self.min_scale).reciprocal_(), D)
-        off_t = rows_t(w_scale[:, D:].reshape(K * n_off, H), b_scale[:, D:].reshape(K * n_off))
+        diag_t = rows_t(w_diag.reshape(K * D, H), b_diag.reshape(K * D))
+        # On contiguous numbers (softplus on a strided view is slow).
+        diagonal = batch_first(precision_diagonal(diag_t, self.min_scale), D)
+        off_t = rows_t(w_off.reshape(K * n_off, H), b_off.reshape(K * n_off))
         off_diagonal = batch_first(off_t, n_off)  # (*batch, K, D (D - 1) / 2)
         return GaussianMixture.from_packed_precision_tril(logits, loc, diagonal, off_diagonal)
 
@@ -294,7 +273,7 @@ class MixtureDensityHead(nn.Module):
             data = data[torch.randperm(data.shape[0], generator=generator)[:max_samples]]
         n = data.shape[0]
 
-        centers, labels = _kmeans(data, K, n_iter, generator)  # (K, D), (n,)
+        centers, labels = kmeans(data, K, n_iter, generator)  # (K, D), (n,)
         onehot = torch.nn.functional.one_hot(labels, K).to(data.dtype)  # (n, K)
         counts = onehot.sum(0)  # (K,)
         # Variance floor relative to the overall spread of each output (see the constant).
@@ -304,8 +283,8 @@ class MixtureDensityHead(nn.Module):
         weights = onehot / counts.clamp_min(1.0)  # (n, K), each column sums to 1 (or 0)
         variance = torch.einsum("nk,nkd->kd", weights, diff.square()) + floor  # (K, D)
 
-        bias_logits, bias_loc, bias_scale = self._split(self.linear.bias)
-        weight_logits, weight_loc, weight_scale_raw = self._split(self.linear.weight.T)
+        bias_logits, bias_loc, bias_scale = self.layout.split(self.linear.bias)
+        weight_logits, weight_loc, weight_scale_raw = self.layout.split(self.linear.weight.T)
         dtype, device = self.linear.bias.dtype, self.linear.bias.device
 
         bias_logits.copy_(torch.log((counts + 1.0) / (n + K)).to(dtype=dtype, device=device))
@@ -326,19 +305,21 @@ class MixtureDensityHead(nn.Module):
             # Sigma^-1 = P P^T: P is the (lower) Cholesky factor of the precision.
             precision = torch.cholesky_inverse(torch.linalg.cholesky(covariance))
             P = torch.linalg.cholesky(precision)  # (K, D, D)
-            diagonal = inverse_bounded_scale(
-                (1.0 / P.diagonal(dim1=-2, dim2=-1)).clamp_min(lowest), self.min_scale
+            diagonal = inverse_precision_diagonal(
+                P.diagonal(dim1=-2, dim2=-1).clamp_max(1.0 / lowest), self.min_scale
             )  # (K, D)
             rows, cols = torch.tril_indices(D, D, offset=-1)
-            raw = torch.cat([diagonal, P[:, rows, cols]], dim=-1)  # (K, D (D + 1) / 2)
-        else:
-            if self.noise_type is NoiseType.DIAGONAL:
-                scale = variance.sqrt()  # (K, D)
-            elif self.noise_type is NoiseType.ISOTROPIC:
-                scale = variance.mean(-1).sqrt()  # (K,)
-            else:  # ISOTROPIC_ACROSS_CLUSTERS: pooled within-cluster variance
-                scale = ((counts / n) @ variance.mean(-1)).sqrt().reshape(1)
-            raw = inverse_bounded_scale(scale.clamp_min(lowest), self.min_scale)
+            bias_diagonal, bias_off_diagonal = self.layout.split_packed(bias_scale)
+            bias_diagonal.copy_(diagonal.to(dtype=dtype, device=device))
+            bias_off_diagonal.copy_(P[:, rows, cols].to(dtype=dtype, device=device))
+            return
+        if self.noise_type is NoiseType.DIAGONAL:
+            scale = variance.sqrt()  # (K, D)
+        elif self.noise_type is NoiseType.ISOTROPIC:
+            scale = variance.mean(-1).sqrt()  # (K,)
+        else:  # ISOTROPIC_ACROSS_CLUSTERS: pooled within-cluster variance
+            scale = ((counts / n) @ variance.mean(-1)).sqrt().reshape(1)
+        raw = inverse_bounded_scale(scale.clamp_min(lowest), self.min_scale)
         bias_scale.copy_(raw.reshape(-1).to(dtype=dtype, device=device))
 
     def extra_repr(self) -> str:
@@ -412,7 +393,7 @@ class MixtureDensityNetwork(nn.Module):
         self.dim_out = _check_int("dim_out", dim_out)
         self.n_components = _check_int("n_components", n_components)
         self.noise_type = NoiseType.parse(noise_type)
-        activation_class, self._activation_name = _resolve_activation(activation)
+        activation_class, self._activation_name = resolve_activation(activation)
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}.")
         if hidden_dims is None:
@@ -570,32 +551,6 @@ def _check_fixed_noise_level(value: object, noise_type: NoiseType) -> float | No
     return _check_positive_float("fixed_noise_level", value)
 
 
-def _resolve_activation(activation: object) -> tuple[type[nn.Module], str]:
-    """Activation class and the name that resolves back to it (for ``config``)."""
-    if isinstance(activation, str):
-        key = activation.strip().lower()
-        if key in _ACTIVATIONS:
-            return _ACTIVATIONS[key], activation
-        for name in nn.modules.activation.__all__:
-            if name.lower() == key.replace("_", ""):
-                found: type[nn.Module] = getattr(nn, name)
-                return found, activation
-        raise ValueError(
-            f"activation must be one of {sorted(_ACTIVATIONS)} or a torch.nn activation class "
-            f"name, got {activation!r}."
-        )
-    if isinstance(activation, type) and issubclass(activation, nn.Module):
-        cls: type[nn.Module] = activation
-        if getattr(nn, cls.__name__, None) is not cls:
-            # Outside torch.nn: recorded for information; the constructor cannot resolve it.
-            return cls, f"{cls.__module__}.{cls.__qualname__}"
-        return cls, cls.__name__
-    raise TypeError(
-        f"activation must be a name or an nn.Module subclass, got "
-        f"{type(activation).__name__}: {activation!r}."
-    )
-
-
 def _targets_2d(y: Tensor, dim_out: int, name: str) -> Tensor:
     """``(n, D)`` view of targets; ``(n,)`` accepted when ``D == 1``."""
     if not isinstance(y, Tensor):
@@ -606,43 +561,3 @@ def _targets_2d(y: Tensor, dim_out: int, name: str) -> Tensor:
         accepted = f"(n, {dim_out})" + (" or (n,)" if dim_out == 1 else "")
         raise ValueError(f"{name} must have shape {accepted}, got {tuple(y.shape)}.")
     return y
-
-
-def _kmeans(
-    data: Tensor, n_clusters: int, n_iter: int, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Lloyd's k-means. ``data (n, D)`` -> centers ``(K, D)``, labels ``(n,)``.
-
-    Seeds: the ``(k + 1/2) / K`` quantiles in 1-D (deterministic, ordered), k-means++ otherwise.
-    An empty cluster keeps its previous center.
-    """
-    n, D = data.shape
-    if D == 1:
-        levels = (torch.arange(n_clusters, dtype=data.dtype) + 0.5) / n_clusters
-        centers = torch.quantile(data[:, 0], levels).unsqueeze(-1)  # (K, 1)
-    else:
-        first = int(torch.randint(n, (1,), generator=generator))
-        chosen = [data[first]]
-        nearest = (data - data[first]).square().sum(-1)  # (n,) squared distance to the seeds
-        for _ in range(1, n_clusters):
-            if bool((nearest > 0).any()):
-                index = int(torch.multinomial(nearest, 1, generator=generator))
-            else:  # every point already coincides with a seed
-                index = int(torch.randint(n, (1,), generator=generator))
-            chosen.append(data[index])
-            nearest = torch.minimum(nearest, (data - data[index]).square().sum(-1))
-        centers = torch.stack(chosen)  # (K, D)
-
-    labels = torch.cdist(data, centers).argmin(-1)  # (n,)
-    for _ in range(n_iter):
-        onehot = torch.nn.functional.one_hot(labels, n_clusters).to(data.dtype)  # (n, K)
-        counts = onehot.sum(0)  # (K,)
-        sums = onehot.T @ data  # (K, D)
-        centers = torch.where(
-            counts.unsqueeze(-1) > 0, sums / counts.clamp_min(1.0).unsqueeze(-1), centers
-        )
-        new_labels = torch.cdist(data, centers).argmin(-1)
-        if torch.equal(new_labels, labels):
-            break
-        labels = new_labels
-    return centers, labels

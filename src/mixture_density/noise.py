@@ -1,7 +1,9 @@
 """Noise models: raw head outputs -> scale factors of the mixture components.
 
 A mixture density head emits one flat vector of unconstrained numbers per input. This module
-owns the part of that vector that describes the spread of each component, for five noise models:
+owns that vector's layout (:class:`HeadLayout`: logits, means, raw scales, and the packed
+precision factor of ``full``) and the maps from its scale part to the spread of each
+component, for five noise models:
 
 =============================  =========================  ======================================
 noise type                     raw outputs per input      parameter handed to ``GaussianMixture``
@@ -47,7 +49,9 @@ keeping ``det(Sigma)`` above the floor. The density is finite there all the same
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import TypedDict
 
 import torch
@@ -55,13 +59,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixture_density._math import tril_from_packed
+from mixture_density.distribution import GaussianMixture
 
 __all__ = [
+    "HeadLayout",
     "NoiseType",
     "ScaleParameters",
     "bounded_scale",
     "inverse_bounded_scale",
+    "inverse_precision_diagonal",
     "n_scale_outputs",
+    "precision_diagonal",
     "precision_tril_from_parts",
     "precision_tril_from_raw",
     "scale_from_raw",
@@ -223,6 +231,45 @@ def inverse_bounded_scale(scale: Tensor, min_scale: float) -> Tensor:
     return excess + torch.log(-torch.expm1(-excess))
 
 
+def precision_diagonal(raw: Tensor, min_scale: float) -> Tensor:
+    """Precision Cholesky diagonal from raw numbers: ``P_ii = 1 / (softplus(raw) + min_scale)``.
+
+    ``1 / P_ii`` is the standard deviation of output ``i`` given the outputs after it, so the
+    floor bounds it below by ``min_scale`` (see the module docstring for what this bounds).
+
+    Args:
+        raw: any shape; contiguous numbers are fastest (``softplus`` on a strided view is
+            much slower on the CPU).
+        min_scale: the floor on ``1 / P_ii``.
+
+    Returns:
+        Same shape as ``raw``, every entry in ``(0, 1 / min_scale]``.
+
+    Example:
+        >>> [round(p, 4) for p in precision_diagonal(torch.tensor([-1e4, 0.0]), 0.5).tolist()]
+        [2.0, 0.8381]
+    """
+    return bounded_scale(raw, min_scale).reciprocal_()  # in place: one buffer fewer
+
+
+def inverse_precision_diagonal(diagonal: Tensor, min_scale: float) -> Tensor:
+    """Inverse of :func:`precision_diagonal`: the ``raw`` that gives ``P_ii = diagonal``.
+
+    Args:
+        diagonal: any shape, every entry in ``(0, 1 / min_scale)``.
+        min_scale: the floor used by :func:`precision_diagonal`.
+
+    Raises:
+        ValueError: if some ``1 / diagonal <= min_scale`` (no finite ``raw`` maps there).
+
+    Example:
+        >>> raw = inverse_precision_diagonal(torch.tensor([0.5, 2.0]), min_scale=1e-3)
+        >>> precision_diagonal(raw, min_scale=1e-3).tolist()
+        [0.5, 2.0]
+    """
+    return inverse_bounded_scale(1.0 / diagonal, min_scale)
+
+
 def scale_from_raw(
     noise_type: NoiseType | str,
     raw: Tensor,
@@ -283,8 +330,8 @@ def precision_tril_from_parts(
         [[1.441, 0.0], [1.0, 1.441]]
     """
     # Elementwise work on contiguous numbers: softplus on a strided view (e.g. the diagonal
-    # of a matrix) is an order of magnitude slower on CPU.
-    diagonal = 1.0 / bounded_scale(diagonal_raw, min_scale)  # (*batch, K, D)
+    # of a matrix) is much slower on the CPU.
+    diagonal = precision_diagonal(diagonal_raw, min_scale)  # (*batch, K, D)
     return tril_from_packed(diagonal, off_diagonal)
 
 
@@ -314,10 +361,10 @@ def precision_tril_from_raw(
         >>> P.shape
         torch.Size([1, 2, 2])
     """
-    K, D = n_components, dim_out
-    _check_last_dim(raw, K * D * (D + 1) // 2)
-    raw = raw.unflatten(-1, (K, D * (D + 1) // 2))  # (*batch, K, D (D + 1) / 2)
-    return precision_tril_from_parts(raw[..., :D].contiguous(), raw[..., D:], min_scale)
+    layout = HeadLayout(NoiseType.FULL, n_components, dim_out)
+    _check_last_dim(raw, layout.n_scale)
+    diagonal_raw, off_diagonal = layout.split_packed(raw)  # (*batch, K, D), (*batch, K, D(D-1)/2)
+    return precision_tril_from_parts(diagonal_raw.contiguous(), off_diagonal, min_scale)
 
 
 def scale_parameters(
@@ -358,6 +405,188 @@ def scale_parameters(
         scale = fixed_scale.to(dtype=raw.dtype, device=raw.device)
         return {"scale": scale.expand(*raw.shape[:-1], 1, 1)}
     return {"scale": scale_from_raw(noise_type, raw, n_components, dim_out, min_scale)}
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Where each parameter sits in the flat raw output of a mixture density head.
+
+    Per input a head emits ``n_outputs = K + K * D + S`` unconstrained numbers, in this order:
+
+    * ``K`` mixture logits (rows :attr:`logits_rows` of the head's weight);
+    * ``K * D`` component means, component by component (:attr:`loc_rows`);
+    * ``S = n_scale_outputs(noise_type, K, D)`` raw scale numbers (:attr:`scale_rows`). For
+      ``full`` these are, per component, ``D`` raw diagonal numbers of the precision factor
+      (:func:`precision_diagonal`) then its ``D * (D - 1) / 2`` strictly lower entries, row by
+      row (``torch.tril_indices(D, D, -1)`` order): see :meth:`split_packed`.
+
+    :meth:`mixture` turns the three blocks into the :class:`GaussianMixture` (for ``full``
+    through :meth:`GaussianMixture.from_packed_precision_tril`, which never builds the
+    ``D x D`` factors for the log-density); :meth:`mixture_from_raw` does the same from the
+    whole output, for any batch shape (e.g. ``(M, B, n_outputs)`` of a stacked ensemble gives
+    batch shape ``(M, B)``).
+
+    Attributes:
+        noise_type: the noise model.
+        n_components: ``K``.
+        dim_out: ``D``.
+
+    Example:
+        >>> layout = HeadLayout(NoiseType.FULL, n_components=2, dim_out=2)
+        >>> layout.n_outputs, layout.loc_rows, layout.scale_rows
+        (12, slice(2, 6, None), slice(6, 12, None))
+        >>> logits, loc, scale_raw = layout.split(torch.zeros(5, 12))
+        >>> logits.shape, loc.shape, scale_raw.shape
+        (torch.Size([5, 2]), torch.Size([5, 2, 2]), torch.Size([5, 6]))
+        >>> mixture = layout.mixture_from_raw(torch.zeros(3, 5, 12), min_scale=1e-3)
+        >>> mixture.batch_shape, mixture.event_shape
+        (torch.Size([3, 5]), torch.Size([2]))
+    """
+
+    noise_type: NoiseType
+    n_components: int
+    dim_out: int
+
+    def __post_init__(self) -> None:
+        # A name is accepted as everywhere else; the field then holds the member.
+        object.__setattr__(self, "noise_type", NoiseType.parse(self.noise_type))
+
+    @cached_property
+    def n_scale(self) -> int:
+        """``S``: raw scale numbers per input (:func:`n_scale_outputs`)."""
+        return n_scale_outputs(self.noise_type, self.n_components, self.dim_out)
+
+    @cached_property
+    def sizes(self) -> tuple[int, int, int]:
+        """``(K, K * D, S)``: the lengths of the logits, mean and scale blocks."""
+        K, D = self.n_components, self.dim_out
+        return K, K * D, self.n_scale
+
+    @cached_property
+    def n_outputs(self) -> int:
+        """``K + K * D + S``: raw outputs per input, the head's ``out_features``."""
+        return sum(self.sizes)
+
+    @cached_property
+    def logits_rows(self) -> slice:
+        """The logits' positions in the raw output (rows of the head's weight)."""
+        return slice(0, self.n_components)
+
+    @cached_property
+    def loc_rows(self) -> slice:
+        """The means' positions in the raw output."""
+        K, KD, _ = self.sizes
+        return slice(K, K + KD)
+
+    @cached_property
+    def scale_rows(self) -> slice:
+        """The raw scale numbers' positions in the raw output."""
+        K, KD, S = self.sizes
+        return slice(K + KD, K + KD + S)
+
+    def split(self, raw: Tensor, dim: int = -1) -> tuple[Tensor, Tensor, Tensor]:
+        """Views of the three blocks of ``raw``, whose axis ``dim`` has ``n_outputs`` entries.
+
+        Args:
+            raw: e.g. ``(*batch, n_outputs)``; with ``dim=0`` the head's weight
+                ``(n_outputs, in_features)``.
+            dim: the axis of the outputs.
+
+        Returns:
+            ``logits (*, K)``, ``loc (*, K, D)``, ``scale_raw (*, S)`` for ``dim=-1`` (for
+            another ``dim``, the same blocks along that axis, ``loc`` split there into ``K, D``).
+            One ``torch.split``: its backward is one concatenation, not a zero-filled
+            gradient of the whole of ``raw`` per block.
+        """
+        dim = dim % raw.dim()
+        logits, loc, scale_raw = raw.split(self.sizes, dim)
+        return logits, loc.unflatten(dim, (self.n_components, self.dim_out)), scale_raw
+
+    def split_packed(self, scale_raw: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
+        """Views of the raw diagonal and strictly lower numbers of ``full`` scale outputs.
+
+        Args:
+            scale_raw: e.g. ``(*batch, S)`` with ``S = K * D * (D + 1) / 2`` along ``dim``.
+            dim: the axis of the scale outputs.
+
+        Returns:
+            ``diagonal_raw (*, K, D)`` (to :func:`precision_diagonal`) and ``off_diagonal
+            (*, K, D * (D - 1) / 2)`` (unconstrained), for ``dim=-1``; along ``dim`` otherwise.
+
+        Raises:
+            ValueError: for a noise type other than ``full``.
+        """
+        if self.noise_type is not NoiseType.FULL:
+            raise ValueError(
+                f"split_packed needs noise_type='full', got {self.noise_type.value!r}."
+            )
+        K, D = self.n_components, self.dim_out
+        dim = dim % scale_raw.dim()
+        packed = scale_raw.unflatten(dim, (K, D * (D + 1) // 2))  # (*, K, D (D + 1) / 2)
+        return packed.narrow(dim + 1, 0, D), packed.narrow(dim + 1, D, D * (D - 1) // 2)
+
+    def mixture(
+        self,
+        logits: Tensor,
+        loc: Tensor,
+        scale_raw: Tensor,
+        *,
+        min_scale: float,
+        fixed_scale: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> GaussianMixture:
+        """The mixture that the blocks of :meth:`split` describe.
+
+        Args:
+            logits: ``(*batch, K)``.
+            loc: ``(*batch, K, D)``.
+            scale_raw: ``(*batch, S)``; contiguous is fastest (``(*batch, 0)`` for ``fixed``:
+                only its batch shape, dtype and device are used).
+            min_scale: the floor of the learned scales.
+            fixed_scale: the constant standard deviation, a 0-d tensor; ``fixed`` only.
+            validate_args: as for :class:`GaussianMixture`.
+
+        Returns:
+            ``GaussianMixture`` with ``batch_shape = (*batch)`` and ``event_shape = (D,)``.
+        """
+        if self.noise_type is NoiseType.FULL:
+            diagonal_raw, off_diagonal = self.split_packed(scale_raw)
+            return GaussianMixture.from_packed_precision_tril(
+                logits,
+                loc,
+                precision_diagonal(diagonal_raw, min_scale),
+                off_diagonal,
+                validate_args=validate_args,
+            )
+        params = scale_parameters(
+            self.noise_type,
+            scale_raw,
+            self.n_components,
+            self.dim_out,
+            min_scale,
+            fixed_scale=fixed_scale,
+        )
+        return GaussianMixture(logits, loc, **params, validate_args=validate_args)
+
+    def mixture_from_raw(
+        self,
+        raw: Tensor,
+        *,
+        min_scale: float,
+        fixed_scale: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> GaussianMixture:
+        """:meth:`mixture` of the blocks of ``raw (*batch, n_outputs)``, batch ``(*batch)``."""
+        _check_last_dim(raw, self.n_outputs)
+        logits, loc, scale_raw = self.split(raw)
+        return self.mixture(
+            logits,
+            loc,
+            scale_raw.contiguous(),
+            min_scale=min_scale,
+            fixed_scale=fixed_scale,
+            validate_args=validate_args,
+        )
 
 
 def _check_last_dim(raw: Tensor, expected: int) -> None:

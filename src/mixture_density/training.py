@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import _distributed as _dist
+from . import _env
 
 # The constants are re-exported: callers name them through this module.
 from ._loop import Trainer
@@ -188,8 +189,7 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _dist.resolve_device(device, local_rank)
+    dev = _env.resolve_device(device)
     ctx = _dist.setup(distributed, use_cuda=dev.type == "cuda")
     try:
         if ctx.enabled and dev.type == "cuda":
@@ -207,7 +207,7 @@ def fit(
             f"fit failed on rank {ctx.rank} of {ctx.world_size} during distributed training: "
             f"{type(exc).__name__}: {exc}\nIf another rank died or stalled, this error is the "
             f"consequence: check that rank's log. Collectives time out after {ctx.timeout_s:g} s "
-            f"(set {_dist.TIMEOUT_ENV} to change it)."
+            f"(set {_env.TIMEOUT_ENV} to change it)."
         ) from exc
     finally:
         _dist.teardown(ctx)

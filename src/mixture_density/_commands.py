@@ -1,0 +1,340 @@
+"""The ``mdn`` subcommands: fit, predict, evaluate and demo (private; see :mod:`.cli`).
+
+Each handler takes the parsed arguments and returns an exit status; user errors are raised
+as :class:`~mixture_density._errors.MixtureDensityError` (or ``OSError``/``ValueError``), which
+:func:`mixture_density.cli.main` prints as one line. Data files are read by ``_csv``; every
+output file is written through ``_files.atomic_path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _env
+from ._csv import Table, column_indices, read_header, write_csv
+from ._errors import MixtureDensityError
+from ._files import check_output_path, save_figure
+
+if TYPE_CHECKING:
+    from .estimator import MDNRegressor
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "cmd_demo",
+    "cmd_evaluate",
+    "cmd_fit",
+    "cmd_predict",
+    "fail",
+]
+
+#: Exit status for user errors (bad input or arguments), as argparse uses.
+EXIT_USAGE = 2
+#: Exit status when training fails for another reason (a dead peer under torchrun).
+EXIT_FAILURE = 1
+
+#: ``--memory-budget`` counts in MB of 2**20 bytes.
+MIB = 1 << 20
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> int:
+    """Print ``mdn: error: MESSAGE`` as one line on stderr; return ``code``."""
+    print(f"mdn: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo  # imports the estimator and, when it runs, matplotlib
+
+    return run_demo(args)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .estimator import DEFAULTS, MDNRegressor
+
+    check_output_path(args.out)
+    world = _env.world_size()
+    size = os.path.getsize(args.data)
+    stream = args.stream or size > args.memory_budget * MIB
+    if args.val_rows is not None and not stream:
+        raise MixtureDensityError(
+            "--val-rows applies to streamed fits (--stream, or a file larger than "
+            "--memory-budget); in memory, a random 10% of the rows is held out"
+        )
+    if args.estimators is None:
+        # Ensemble members are trained as one batched model, which needs all rows in one
+        # process: streamed and distributed fits train one network.
+        args.estimators = 1 if (stream or world > 1) else DEFAULTS["n_estimators"]
+    if (stream or world > 1) and args.estimators > 1:
+        raise MixtureDensityError(
+            f"--estimators {args.estimators} needs the whole data set in one process (the "
+            "networks are trained as one batched model); use --estimators 1 with --stream, "
+            "--memory-budget or torchrun"
+        )
+    model = MDNRegressor(
+        n_components=args.components,
+        hidden_dims=tuple(args.hidden),
+        noise_type=args.noise,
+        n_estimators=args.estimators,
+        epochs=args.epochs if args.epochs is not None else DEFAULTS["epochs"],
+        verbose=not args.quiet,
+        random_state=args.seed,
+    )
+    model._check_params()  # bad hyperparameters fail before the data are read
+    is_main = _env.rank() == 0
+    train: Callable[[], MDNRegressor]
+    if stream:
+        from ._streaming import fit_streamed, scan_csv
+
+        features, targets = _fit_columns(args, read_header(args.data))
+        if is_main:
+            reason = (
+                "--stream"
+                if args.stream
+                else f"larger than --memory-budget {args.memory_budget:g} MB"
+            )
+            print(
+                f"streaming {args.data} ({size / MIB:.3g} MB, {reason}) in chunks of "
+                f"{args.chunk_rows} rows"
+            )
+        data = scan_csv(
+            args.data, features, targets, chunk_rows=args.chunk_rows, val_rows=args.val_rows
+        )
+        n_rows, streamed = data.n_rows, data
+
+        def train() -> MDNRegressor:
+            return fit_streamed(model, data)
+
+    else:
+        table = Table(args.data)
+        features, targets = _fit_columns(args, table.header)
+        X = table.numeric(features, "feature")
+        y = table.numeric(targets, "target")
+        del table  # the text of every cell: several times the size of X and y
+        Y = y[:, 0] if len(targets) == 1 else y
+        n_rows, streamed = X.shape[0], None
+
+        def train() -> MDNRegressor:
+            # MDNRegressor.fit trains in this process only; under torchrun the same fit
+            # trains data-parallel (DDP) over the ranks.
+            return model._fit(X, Y, distributed=None) if world > 1 else model.fit(X, Y)
+
+    start = time.perf_counter()
+
+    def finish(fitted: MDNRegressor) -> None:
+        seconds = time.perf_counter() - start
+        metadata: dict[str, Any] = {"features": features, "targets": targets}
+        if streamed is not None:
+            metadata["streamed"] = {
+                "rows": streamed.n_rows,
+                "val_rows": streamed.n_val,
+                "chunk_rows": streamed.chunk_rows,
+            }
+        fitted.save(args.out, metadata=metadata)
+        result = fitted.fit_results_[0]
+        where = f" on {world} processes" if world > 1 else ""
+        print(
+            f"trained on {n_rows} rows ({len(features)} features -> {len(targets)} targets)"
+            f"{where}, K={args.components}, {args.noise}, {result.epochs_run} epochs "
+            f"({result.stop_reason}) in {seconds:.1f} s"
+        )
+        if math.isnan(fitted.val_nll_):
+            why = "--val-rows 0" if streamed is not None else "too few rows to hold out"
+            print(f"validation NLL: n/a ({why})")
+        elif streamed is not None:
+            print(
+                f"validation NLL: {fitted.val_nll_:.4f} nats per row "
+                f"(the first {streamed.n_val} rows of the file)"
+            )
+        else:
+            print(f"validation NLL: {fitted.val_nll_:.4f} nats per row")
+        print(f"wrote {args.out}")
+
+    if world <= 1:
+        finish(train())
+        return 0
+    return _fit_distributed(train, finish)
+
+
+def _fit_columns(args: argparse.Namespace, header: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(features, targets)`` of ``mdn fit``: named, or every non-target column."""
+    targets = list(dict.fromkeys(args.target))
+    column_indices(args.data, header, targets, "target")
+    if args.features:
+        features = list(dict.fromkeys(args.features))
+        overlap = sorted(set(features) & set(targets))
+        if overlap:
+            raise MixtureDensityError(
+                f"column(s) {', '.join(map(repr, overlap))} are both feature and target"
+            )
+        column_indices(args.data, header, features, "feature")
+    else:
+        features = [name for name in header if name not in targets]
+        if not features:
+            raise MixtureDensityError(f"{args.data}: no feature columns left after the targets")
+    return features, targets
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun: one rank of a data-parallel fit
+# ----------------------------------------------------------------------------------------------
+
+
+def _fit_distributed(
+    train: Callable[[], MDNRegressor], finish: Callable[[MDNRegressor], None]
+) -> int:
+    """Runs ``train`` as one rank of a ``torchrun`` job; rank 0 then runs ``finish``.
+
+    The data have been read and checked on every rank before this, so a bad file fails on
+    every rank alike, before any rank waits for another. Training runs under DDP in a
+    process group made here (gloo: the command trains on the CPU), which outlives
+    :func:`~mixture_density.training.fit` so that a final all-reduce can (1) hold every
+    rank until rank 0 has written the model and (2) give every rank rank 0's outcome as
+    its exit status. A rank that fails prints one line and exits non-zero: 2 for a user
+    error, 1 when training itself failed (a dead or stalled peer: fit raises after
+    ``MIXTURE_DENSITY_DIST_TIMEOUT`` seconds at the latest, naming the rank).
+
+    Returns:
+        The exit status, only when the process group existed before (``main`` called from
+        a program of the caller's that set it up); otherwise the process ends here.
+    """
+    import torch.distributed as dist
+
+    from . import _distributed
+
+    try:
+        ctx = _distributed.setup(None, use_cuda=False)
+    except RuntimeError as err:  # rendezvous failed: a peer never came, or the store is gone
+        return fail(f"could not join the torchrun job: {err}", EXIT_FAILURE)
+    code, trained = 0, False
+    try:
+        fitted = train()
+        trained = True
+        if ctx.is_main:
+            finish(fitted)
+    except (MixtureDensityError, OSError, ValueError) as err:
+        code = fail(str(err))
+    except RuntimeError as err:  # fit's "fit failed on rank R of W ..." after a peer's failure
+        code = fail(str(err), EXIT_FAILURE)
+    if trained:  # the peers are alive (training's last collective passed): compare outcomes
+        import torch
+
+        status = torch.tensor([code], dtype=torch.int64)
+        try:
+            dist.all_reduce(status, op=dist.ReduceOp.MAX)
+            if int(status) and not code:
+                code = fail("rank 0 failed after training (see its error message)", int(status))
+        except RuntimeError as err:
+            code = code or fail(f"lost the other ranks after training: {err}", EXIT_FAILURE)
+    if not ctx.created_group:
+        return code
+    with contextlib.suppress(RuntimeError):
+        _distributed.teardown(ctx)
+    # torch 2.13 on CPU: a process that used DDP over gloo sometimes aborts while the
+    # interpreter shuts down ("terminate called without an active exception", SIGABRT),
+    # after all of its work is done (docs/scaling.md, "Exit"); a bare DDP script does it
+    # too. The model is written and the group destroyed, so end the process here, skipping
+    # that shutdown, so that the exit status says what happened.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _load_model(path: str) -> MDNRegressor:
+    from .estimator import MDNRegressor
+
+    return MDNRegressor.load(path, device="cpu")
+
+
+def _features_of(model: MDNRegressor, table: Table) -> np.ndarray:
+    features = model.metadata_.get("features")
+    if features is None:  # saved from Python without column names: use every column, in order
+        if len(table.header) != model.n_features_in_:
+            raise MixtureDensityError(
+                f"{table.path} has {len(table.header)} columns, but the model expects "
+                f"{model.n_features_in_} features"
+            )
+        features = table.header
+    return table.numeric(features, "feature")
+
+
+def _target_names(model: MDNRegressor) -> list[str]:
+    names = model.metadata_.get("targets")
+    if names is None:
+        names = ["y"] if model.n_outputs_ == 1 else [f"y{d}" for d in range(model.n_outputs_)]
+    return list(names)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    check_output_path(args.output)
+    model = _load_model(args.model)
+    X = _features_of(model, Table(args.data))
+    targets = _target_names(model)
+    n, D = X.shape[0], model.n_outputs_
+    columns: list[np.ndarray] = [model.predict(X).reshape(n, D)]
+    header = [f"{t}_mean" for t in targets]
+    if args.quantiles:
+        q = model.predict_quantiles(X, args.quantiles).reshape(n, D, len(args.quantiles))
+        columns += [q[:, d, :] for d in range(D)]
+        header += [f"{t}_q{level:g}" for t in targets for level in args.quantiles]
+    if args.samples:
+        s = model.sample(X, args.samples, random_state=args.seed).reshape(args.samples, n, D)
+        columns += [s[:, :, d].T for d in range(D)]
+        header += [f"{t}_sample{j}" for t in targets for j in range(args.samples)]
+    write_csv(args.output, header, np.concatenate(columns, axis=1))
+    if args.output is not None:
+        print(f"wrote {n} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .metrics import energy_score, evaluate
+
+    check_output_path(args.plot)
+    model = _load_model(args.model)
+    table = Table(args.data)
+    targets = model.metadata_.get("targets")
+    if targets is None:
+        raise MixtureDensityError(
+            f"{args.model} stores no target column names (saved without metadata); "
+            "evaluate needs a model written by 'mdn fit'"
+        )
+    X = _features_of(model, table)
+    y = table.numeric(targets, "target")
+    dist = model.predict_distribution(X)
+    y_t = torch.as_tensor(y, dtype=dist.loc.dtype)
+    report = evaluate(dist, y_t)
+    print(f"rows: {X.shape[0]}")
+    print(f"NLL:  {report['nll']:.4f} nats per row")
+    print(f"CRPS: {report['crps']:.4f}" + (" (mean over targets)" if y.shape[1] > 1 else ""))
+    if y.shape[1] > 1:
+        generator = torch.Generator().manual_seed(0)
+        print(f"energy score: {energy_score(dist, y_t, generator=generator):.4f}")
+    print(f"calibration error: {report['calibration_error']:.4f}")
+    for key, value in report.items():
+        if key.startswith("coverage_"):
+            level = float(key.removeprefix("coverage_"))
+            print(f"coverage of the central {level:.0%} interval: {value:.1%}")
+    if args.plot:
+        from matplotlib.figure import Figure
+
+        from .plotting import plot_reliability
+
+        # A bare Figure (no pyplot): no GUI backend, no global figure registry to clean up.
+        fig = Figure(figsize=(4.5, 4.5))
+        plot_reliability(dist, y_t, ax=fig.subplots())
+        save_figure(fig, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
