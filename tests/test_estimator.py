@@ -15,8 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from mixture_density._demo import inverse_problem_data, true_conditional_log_prob
 from mixture_density._ensemble import StackedMDN, member_results
 from mixture_density._errors import MixtureDensityError
-from mixture_density._loop import Trainer
-from mixture_density._options import FitOptions
+from mixture_density._loop import clip_members
 from mixture_density.estimator import MDNRegressor
 from mixture_density.nn import MixtureDensityNetwork
 from mixture_density.training import DEFAULT_CLIP_GRAD_NORM, fit
@@ -344,11 +343,7 @@ def test_clip_per_member_scales_each_member_alone() -> None:
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     # The training loop's clipping, for a model of 3 stacked members.
-    model = torch.nn.ParameterList(params)
-    model.n_members = 3  # type: ignore[assignment]
-    trainer = Trainer(model, torch.device("cpu"), None, FitOptions())  # type: ignore[arg-type]
-    trainer.params = params
-    trainer._clip(torch.ones(3, dtype=torch.bool))
+    clip_members(params, 3, DEFAULT_CLIP_GRAD_NORM, torch.ones(3, dtype=torch.bool))
     clipped = [p.grad for p in params]
     assert all(g is not None for g in clipped)
     norm = [math.sqrt(sum(float(g[m].square().sum()) for g in grads[:2])) for m in range(2)]

@@ -59,6 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from ._fitting import check_params
     from .estimator import DEFAULTS, MDNRegressor
 
     check_output_path(args.out)
@@ -89,7 +90,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         verbose=not args.quiet,
         random_state=args.seed,
     )
-    model._check_params()  # bad hyperparameters fail before the data are read
+    check_params(model)  # bad hyperparameters fail before the data are read
     is_main = _env.rank() == 0
     train: Callable[[], MDNRegressor]
     if stream:

@@ -228,35 +228,6 @@ class Trainer:
             )
         return xb, yb
 
-    def _clip(self, loss_ok: torch.Tensor) -> torch.Tensor:
-        """Clips each member's gradient to ``clip_grad_norm``; returns which members may step.
-
-        A member may step when its loss and its gradient norm are finite; any other member
-        of a batched ensemble gets a zero gradient (the optimizer step then leaves it alone
-        but for weight decay), and the caller skips the step when no member may.
-
-        Args:
-            loss_ok: (M,) whether each member's minibatch loss is finite.
-
-        Returns:
-            (M,) bool.
-        """
-        clip = self.opts.clip_grad_norm or math.inf
-        if self.members == 1:
-            return torch.isfinite(nn.utils.clip_grad_norm_(self.params, clip)) & loss_ok
-        M = self.members
-        grads = [p.grad for p in self.params if p.grad is not None]
-        with torch.no_grad():
-            sq = torch.stack([g.reshape(M, -1).square().sum(1) for g in grads]).sum(0)
-            norm = sq.sqrt()  # (M,)
-            ok = torch.isfinite(norm) & loss_ok
-            factor = torch.where(ok, (clip / (norm + _NORM_EPS)).clamp(max=1.0), 0.0)
-            for g in grads:
-                g.mul_(factor.view(M, *([1] * (g.dim() - 1))))
-                # 0 * inf is NaN: zero what is left of the members that may not step
-                torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-        return ok
-
     def _row_sums(self, nll: torch.Tensor, rows: int) -> torch.Tensor:
         """(M,) float64 summed NLL of each member over a minibatch of ``rows`` rows."""
         if nll.ndim == 0:  # a loss already reduced to its mean counts as that for each row
@@ -293,7 +264,9 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
                 if self.scaler is not None:
                     self.scaler.unscale_(self.opt)
-                finite = self._clip(torch.isfinite(member_loss.detach()))  # (M,)
+                clip = self.opts.clip_grad_norm or math.inf
+                loss_ok = torch.isfinite(member_loss.detach())
+                finite = clip_members(self.params, M, clip, loss_ok)  # (M,)
                 n_finite = int(finite.sum())  # the step's one host sync
                 any_finite = n_finite > 0
                 if self.scaler is not None:
@@ -348,24 +321,6 @@ class Trainer:
         return (sums[0] / c if c else math.nan), [s / c if c else math.nan for s in sums[1:-1]]
 
     # -- the loop ---------------------------------------------------------------------------
-    def _progress_bar(self) -> Any:
-        verbose = self.opts.verbose
-        show = (sys.stderr.isatty() if verbose is None else bool(verbose)) and self.ctx.is_main
-        if not show:
-            return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # tqdm is an optional extra: no bar without it
-            return None
-        return tqdm(
-            total=self.opts.epochs,
-            initial=self.start_epoch,
-            desc="fit",
-            unit="epoch",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-
     def _result(self, reason: str, detail: str = "") -> FitResult:
         s = self.state
         best_val = s.best_val if self.val is not None else math.nan
@@ -401,7 +356,7 @@ class Trainer:
         if self._patience_exhausted():  # interrupted after the epoch that exhausted patience
             self._finish()
             return self._result(STOP_EARLY)
-        bar = self._progress_bar()
+        bar = _progress_bar(self.opts, self.start_epoch, self.ctx.is_main)
         reason, detail = STOP_MAX_EPOCHS, ""
         epoch = self.complete = self.start_epoch
         every = opts.checkpoint_every or 1
@@ -500,3 +455,57 @@ def _adamw(
         with contextlib.suppress(RuntimeError, ValueError):  # older torch, unsupported dtype
             return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def clip_members(
+    params: list[nn.Parameter], members: int, max_norm: float, loss_ok: torch.Tensor
+) -> torch.Tensor:
+    """Clips each member's gradient to ``max_norm``; returns which members may step.
+
+    A member may step when its loss and its gradient norm are finite; any other member of a
+    batched ensemble (every parameter has the leading member axis) gets a zero gradient (the
+    optimizer step then leaves it alone but for weight decay), and the caller skips the step
+    when no member may.
+
+    Args:
+        params: the trained parameters.
+        members: ``M``.
+        max_norm: the bound on each member's gradient norm (``inf``: none).
+        loss_ok: (M,) whether each member's minibatch loss is finite.
+
+    Returns:
+        (M,) bool.
+    """
+    if members == 1:
+        return torch.isfinite(nn.utils.clip_grad_norm_(params, max_norm)) & loss_ok
+    M = members
+    grads = [p.grad for p in params if p.grad is not None]
+    with torch.no_grad():
+        sq = torch.stack([g.reshape(M, -1).square().sum(1) for g in grads]).sum(0)
+        norm = sq.sqrt()  # (M,)
+        ok = torch.isfinite(norm) & loss_ok
+        factor = torch.where(ok, (max_norm / (norm + _NORM_EPS)).clamp(max=1.0), 0.0)
+        for g in grads:
+            g.mul_(factor.view(M, *([1] * (g.dim() - 1))))
+            # 0 * inf is NaN: zero what is left of the members that may not step
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+    return ok
+
+
+def _progress_bar(opts: FitOptions, start_epoch: int, is_main: bool) -> Any:
+    """A tqdm bar over epochs on stderr (rank 0 only), or None."""
+    show = (sys.stderr.isatty() if opts.verbose is None else bool(opts.verbose)) and is_main
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is an optional extra: no bar without it
+        return None
+    return tqdm(
+        total=opts.epochs,
+        initial=start_epoch,
+        desc="fit",
+        unit="epoch",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )

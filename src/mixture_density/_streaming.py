@@ -180,10 +180,17 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
     """
     from sklearn.utils import check_random_state
 
+    from ._fitting import (
+        check_distributable,
+        check_params,
+        new_network,
+        set_fitted,
+        training_kwargs,
+    )
     from .training import fit as train
 
-    est._check_params()
-    est._check_distributable()
+    check_params(est)
+    check_distributable(est)
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     scale_x, scale_y = data.moments.scales()
     # fit's batch_size is global: each rank takes its share, as fit does for in-memory data.
@@ -206,7 +213,7 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
             torch.as_tensor((data.y_val - mean_y) / scale_y, dtype=torch.float32),
         )
     y_init = torch.as_tensor((data.y_init - mean_y) / scale_y, dtype=torch.float32)
-    model = est._new_network(len(data.features), len(data.targets), y_init, seed)
+    model = new_network(est, len(data.features), len(data.targets), y_init, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         result = train(
@@ -217,11 +224,11 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
             val_data=val_data,
             seed=seed,
             distributed=None,  # DDP under torchrun; the stream shards itself over ranks
-            **est._training_kwargs(),
+            **training_kwargs(est),
         )
     y_1d = len(data.targets) == 1
     val = None
     if data.n_val:
         val = (data.x_val, data.y_val[:, 0] if y_1d else data.y_val)
-    est._set_fitted([model], [result], (mean_x, scale_x), (mean_y, scale_y), y_1d, val_data=val)
+    set_fitted(est, [model], [result], (mean_x, scale_x), (mean_y, scale_y), y_1d, val_data=val)
     return est

@@ -13,8 +13,6 @@ namespace resolves ``MDNRegressor`` lazily, so ``import mixture_density`` does n
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,18 +38,9 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
         return estimator._validate_data(*args, **kwargs)
 
 
-from . import __version__
-from ._data import guarded_scale
-from ._ensemble import StackedMDN, member_results
-from ._env import resolve_device as _resolve_device
-from ._env import world_size as _world_size
-from ._errors import MixtureDensityError
-from ._serialization import read_checkpoint, write_checkpoint
+from ._fitting import check_distributable, check_params, fit_arrays
+from ._persistence import load_estimator, save_estimator
 from .distribution import GaussianMixture
-from .nn import MixtureDensityNetwork
-from .noise import NoiseType
-from .training import FitResult
-from .training import fit as _train
 
 __all__ = ["DEFAULTS", "MDNRegressor"]
 
@@ -83,9 +72,6 @@ DEFAULTS: Mapping[str, Any] = {
 
 # Rows per forward pass at prediction time: bounds the activation memory for large inputs.
 _PREDICT_CHUNK_ROWS = 65536
-
-_CHECKPOINT_KIND = "MDNRegressor"
-_CHECKPOINT_VERSION = 1
 
 
 class MDNRegressor(RegressorMixin, BaseEstimator):
@@ -245,149 +231,14 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         a ``torchrun`` launch trains one network data-parallel; every rank must then pass the
         same data and an integer ``random_state`` (same split, same seeds).
         """
-        self._check_params()
+        check_params(self)
         if distributed is not False:
-            self._check_distributable()
+            check_distributable(self)
         X, y = _validate_data(
             self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
         )
-        y_1d = y.ndim == 1
-        Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
-        n = X.shape[0]
-
-        x_stats, y_stats = _standardization(X), _standardization(Y)
-        rng = check_random_state(self.random_state)
-        n_val = math.floor(self.val_fraction * n)
-        if n_val >= 1 and n - n_val >= 1:
-            perm = rng.permutation(n)
-            val_rows, train_rows = perm[:n_val], perm[n_val:]
-        else:  # too few rows to hold any out: train on everything, no early stopping
-            val_rows, train_rows = np.arange(0), np.arange(n)
-        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=self.n_estimators)]
-
-        Xs = torch.as_tensor((X - x_stats[0]) / x_stats[1], dtype=torch.float32)
-        Ys = torch.as_tensor((Y - y_stats[0]) / y_stats[1], dtype=torch.float32)
-        train_data = (Xs[train_rows], Ys[train_rows])
-        val_data = (Xs[val_rows], Ys[val_rows]) if len(val_rows) else None
-        members = [self._new_network(X.shape[1], Y.shape[1], train_data[1], s) for s in seeds]
-        # Several networks train at once as one batched model: about the cost of one network
-        # on small data (the loop gives each member its own minibatches and gradient).
-        model = members[0] if len(members) == 1 else StackedMDN(members)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeds[0])
-            result = _train(
-                model,
-                *train_data,
-                val_data=val_data,
-                val_fraction=0.0,  # the split is ours (shared with val_nll_ below)
-                seed=seeds[0],
-                distributed=distributed,
-                **self._training_kwargs(),
-            )
-        results = [result]
-        if isinstance(model, StackedMDN):
-            model.copy_into(members)
-            device = next(model.parameters()).device
-            members = [m.to(device) for m in members]
-            results = member_results(result, len(members))
-        val = (X[val_rows], y[val_rows]) if len(val_rows) else None
-        self._set_fitted(members, results, x_stats, y_stats, y_1d, val_data=val)
+        fit_arrays(self, X, y, distributed)
         return self
-
-    def _set_fitted(
-        self,
-        models: Sequence[MixtureDensityNetwork],
-        results: Sequence[FitResult],
-        x_stats: tuple[np.ndarray, np.ndarray],
-        y_stats: tuple[np.ndarray, np.ndarray],
-        y_1d: bool,
-        *,
-        val_data: tuple[np.ndarray, np.ndarray] | None = None,
-        val_nll: float | None = None,
-    ) -> None:
-        """Sets every fitted attribute; the one place that does (fit, streamed fit, load).
-
-        ``val_nll_`` is scored on ``val_data`` (original units) when given, else taken from
-        ``val_nll`` (``None``: no validation, ``nan``).
-        """
-        self.n_features_in_ = int(x_stats[0].shape[0])
-        self.x_mean_, self.x_scale_ = (np.asarray(v, dtype=np.float64) for v in x_stats)
-        self.y_mean_, self.y_scale_ = (np.asarray(v, dtype=np.float64) for v in y_stats)
-        self.n_outputs_ = int(y_stats[0].shape[0])
-        self._y_1d = bool(y_1d)
-        self.models_: list[MixtureDensityNetwork] = [m.eval() for m in models]
-        self.model_ = self.models_[0]
-        self.fit_results_: list[FitResult] = list(results)
-        self.history_ = list(self.fit_results_[0].history)
-        if val_data is not None:
-            val_nll = float(-np.mean(self.log_prob(*val_data)))
-        self.val_nll_ = math.nan if val_nll is None else float(val_nll)
-
-    def _check_params(self) -> None:
-        for name in ("n_components", "n_estimators", "epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if name == "patience" and value is None:
-                continue  # no early stopping
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= float(self.val_fraction) < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if not float(self.min_scale) > 0.0:
-            raise ValueError(f"min_scale must be positive, got {self.min_scale!r}")
-        NoiseType.parse(self.noise_type)  # raises ValueError listing the options
-
-    def _check_distributable(self) -> None:
-        """Refuses what a data-parallel (``torchrun``) or streamed fit cannot do."""
-        if self.n_estimators != 1:
-            raise MixtureDensityError(
-                f"n_estimators must be 1 for a distributed or streamed fit, got "
-                f"{self.n_estimators}: several networks are trained as one batched model in "
-                "one process"
-            )
-        if self.random_state is None and _world_size() > 1:
-            # Each rank would draw its own split and seeds from the OS's entropy.
-            raise MixtureDensityError(
-                "random_state=None under torchrun: every rank must draw the same validation "
-                "split and seeds; pass an integer random_state"
-            )
-
-    def _training_kwargs(self) -> dict[str, Any]:
-        """The keywords of ``training.fit`` that come from this estimator's parameters."""
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "patience": self.patience,
-            "noise_regularization": self.noise_regularization,
-            "verbose": bool(self.verbose),
-            "device": self.device,
-        }
-
-    def _new_network(
-        self, dim_in: int, dim_out: int, y_train: Tensor, seed: int
-    ) -> MixtureDensityNetwork:
-        """A seeded network started from a k-means mixture of ``y_train`` ``(m, D)``."""
-        # fork_rng: weight initialization draws from torch's global RNG; seeding it inside a
-        # fork keeps the caller's RNG state untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self._build_network(dim_in, dim_out)
-            if y_train.shape[0] >= self.n_components:  # k-means needs K rows
-                model.initialize(y_train, seed=seed)
-        return model
-
-    def _build_network(self, dim_in: int, dim_out: int) -> MixtureDensityNetwork:
-        return MixtureDensityNetwork(
-            dim_in,
-            dim_out,
-            int(self.n_components),
-            noise_type=self.noise_type,
-            fixed_noise_level=self.fixed_noise_level,
-            hidden_dims=tuple(int(h) for h in self.hidden_dims),
-            activation=self.activation,
-            min_scale=float(self.min_scale),
-        )
 
     # ------------------------------------------------------------------------------------
     # Prediction
@@ -537,33 +388,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 names used by the ``mdn`` command); returned by :meth:`load` as
                 ``metadata_``.
         """
-        check_is_fitted(self)
-        params = self.get_params()
-        params["hidden_dims"] = [int(h) for h in self.hidden_dims]
-        if not isinstance(params["random_state"], (int, type(None))):
-            params["random_state"] = None  # a RandomState object has no JSON form
-        config: dict[str, Any] = {
-            "kind": _CHECKPOINT_KIND,
-            "version": _CHECKPOINT_VERSION,
-            "library_version": __version__,
-            "params": params,
-            "n_features_in": int(self.n_features_in_),
-            "n_outputs": int(self.n_outputs_),
-            "y_1d": bool(self._y_1d),
-            "fit_results": [_jsonable(dataclasses.asdict(r)) for r in self.fit_results_],
-            "val_nll": None if math.isnan(self.val_nll_) else self.val_nll_,
-            "metadata": dict(metadata) if metadata is not None else {},
-        }
-        if hasattr(self, "feature_names_in_"):
-            config["feature_names_in"] = [str(c) for c in self.feature_names_in_]
-        tensors = {
-            name: torch.as_tensor(getattr(self, f"{name}_"), dtype=torch.float64)
-            for name in ("x_mean", "x_scale", "y_mean", "y_scale")
-        }
-        for i, model in enumerate(self.models_):
-            for key, value in model.state_dict().items():
-                tensors[f"models.{i}.{key}"] = value
-        write_checkpoint(path, config, tensors)
+        save_estimator(self, path, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | None = None) -> MDNRegressor:
@@ -583,50 +408,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             MixtureDensityError: The file is not a saved ``MDNRegressor``.
             ValueError: ``device`` is a CUDA device and CUDA is not available.
         """
-        config, tensors = read_checkpoint(path)
-        if config.get("kind") != _CHECKPOINT_KIND:
-            raise MixtureDensityError(f"{os.fspath(path)!r} does not hold an {_CHECKPOINT_KIND}")
-        if config.get("version", 0) > _CHECKPOINT_VERSION:
-            raise MixtureDensityError(
-                f"{os.fspath(path)!r} was written by a newer mixture-density "
-                f"({config.get('library_version')}); upgrade to read it"
-            )
-        params = dict(config["params"])
-        params["hidden_dims"] = tuple(params["hidden_dims"])
-        if device is not None:
-            params["device"] = device
-        est = cls(**params)
-        try:
-            target = _resolve_device(est.device)
-        except ValueError:  # a CUDA device where there is none
-            if device is not None:
-                raise
-            target = torch.device("cpu")  # documented: the saved device, or cpu without it
-        n_features, n_outputs = int(config["n_features_in"]), int(config["n_outputs"])
-        models = []
-        for i in range(int(params["n_estimators"])):
-            prefix = f"models.{i}."
-            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            model = est._build_network(n_features, n_outputs)
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise MixtureDensityError(
-                    f"{os.fspath(path)!r}: weights do not fit: {err}"
-                ) from err
-            models.append(model.to(target))
-        est._set_fitted(
-            models,
-            [FitResult(**_from_jsonable(r)) for r in config["fit_results"]],
-            (tensors["x_mean"].numpy(), tensors["x_scale"].numpy()),
-            (tensors["y_mean"].numpy(), tensors["y_scale"].numpy()),
-            bool(config["y_1d"]),
-            val_nll=config["val_nll"],
-        )
-        if "feature_names_in" in config:
-            est.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
-        est.metadata_ = dict(config.get("metadata", {}))
-        return est
+        return load_estimator(cls, path, device)
 
     # ------------------------------------------------------------------------------------
     # Internals
@@ -661,31 +443,3 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 f"y must have shape {expected} to match X and the fitted targets, got {np.shape(y)}"
             )
         return Y
-
-
-def _standardization(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations of ``(n, p)`` data; near-constant columns get 1."""
-    mean = A.mean(axis=0)
-    return mean, guarded_scale(mean, A.std(axis=0))
-
-
-def _from_jsonable(value: Any) -> Any:
-    """Undo :func:`_jsonable` for training records: ``None`` back to ``nan``."""
-    if value is None:
-        return float("nan")
-    if isinstance(value, dict):
-        return {k: v if isinstance(v, str) else _from_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_jsonable(v) for v in value]
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    """Replace non-finite floats (not valid JSON) by ``None``, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

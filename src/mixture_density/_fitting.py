@@ -1,0 +1,193 @@
+"""How an ``MDNRegressor`` is fitted (private).
+
+The estimator validates its inputs and hands the arrays to :func:`fit_arrays`: standardize,
+split off the validation rows, build ``n_estimators`` seeded networks started from k-means
+mixtures of the targets, train them with :func:`mixture_density.training.fit` (several at once
+as one :class:`~mixture_density._ensemble.StackedMDN`), and record the result with
+:func:`set_fitted`, the one place that sets the fitted attributes (also used by the streamed
+fit and by loading).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from torch import Tensor
+
+from ._data import guarded_scale
+from ._ensemble import StackedMDN, member_results
+from ._env import world_size
+from ._errors import MixtureDensityError
+from ._options import FitResult
+from .nn import MixtureDensityNetwork
+from .noise import NoiseType
+from .training import fit as train
+
+__all__ = [
+    "build_network",
+    "check_distributable",
+    "check_params",
+    "fit_arrays",
+    "new_network",
+    "set_fitted",
+    "standardization",
+    "training_kwargs",
+]
+
+
+def check_params(est: Any) -> None:
+    """Refuses invalid hyperparameters of ``est`` before any data is read."""
+    for name in ("n_components", "n_estimators", "epochs", "batch_size", "patience"):
+        value = getattr(est, name)
+        if name == "patience" and value is None:
+            continue  # no early stopping
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= float(est.val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {est.val_fraction!r}")
+    if not float(est.min_scale) > 0.0:
+        raise ValueError(f"min_scale must be positive, got {est.min_scale!r}")
+    NoiseType.parse(est.noise_type)  # raises ValueError listing the options
+
+
+def check_distributable(est: Any) -> None:
+    """Refuses what a data-parallel (``torchrun``) or streamed fit cannot do."""
+    if est.n_estimators != 1:
+        raise MixtureDensityError(
+            f"n_estimators must be 1 for a distributed or streamed fit, got "
+            f"{est.n_estimators}: several networks are trained as one batched model in "
+            "one process"
+        )
+    if est.random_state is None and world_size() > 1:
+        # Each rank would draw its own split and seeds from the OS's entropy.
+        raise MixtureDensityError(
+            "random_state=None under torchrun: every rank must draw the same validation "
+            "split and seeds; pass an integer random_state"
+        )
+
+
+def training_kwargs(est: Any) -> dict[str, Any]:
+    """The keywords of ``training.fit`` that come from the estimator's parameters."""
+    return {
+        "epochs": est.epochs,
+        "batch_size": est.batch_size,
+        "lr": est.lr,
+        "weight_decay": est.weight_decay,
+        "patience": est.patience,
+        "noise_regularization": est.noise_regularization,
+        "verbose": bool(est.verbose),
+        "device": est.device,
+    }
+
+
+def build_network(est: Any, dim_in: int, dim_out: int) -> MixtureDensityNetwork:
+    """An untrained network with the estimator's architecture."""
+    return MixtureDensityNetwork(
+        dim_in,
+        dim_out,
+        int(est.n_components),
+        noise_type=est.noise_type,
+        fixed_noise_level=est.fixed_noise_level,
+        hidden_dims=tuple(int(h) for h in est.hidden_dims),
+        activation=est.activation,
+        min_scale=float(est.min_scale),
+    )
+
+
+def new_network(
+    est: Any, dim_in: int, dim_out: int, y_train: Tensor, seed: int
+) -> MixtureDensityNetwork:
+    """A seeded network started from a k-means mixture of ``y_train`` ``(m, D)``."""
+    # fork_rng: weight initialization draws from torch's global RNG; seeding it inside a
+    # fork keeps the caller's RNG state untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_network(est, dim_in, dim_out)
+        if y_train.shape[0] >= est.n_components:  # k-means needs K rows
+            model.initialize(y_train, seed=seed)
+    return model
+
+
+def standardization(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations of ``(n, p)`` data; near-constant columns get 1."""
+    mean = A.mean(axis=0)
+    return mean, guarded_scale(mean, A.std(axis=0))
+
+
+def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None) -> None:
+    """Fits ``est`` on validated float64 ``X (n, d)`` and ``y (n,)`` or ``(n, D)``."""
+    y_1d = y.ndim == 1
+    Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
+    n = X.shape[0]
+    x_stats, y_stats = standardization(X), standardization(Y)
+    rng = check_random_state(est.random_state)
+    n_val = math.floor(est.val_fraction * n)
+    if n_val >= 1 and n - n_val >= 1:
+        perm = rng.permutation(n)
+        val_rows, train_rows = perm[:n_val], perm[n_val:]
+    else:  # too few rows to hold any out: train on everything, no early stopping
+        val_rows, train_rows = np.arange(0), np.arange(n)
+    seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=est.n_estimators)]
+
+    Xs = torch.as_tensor((X - x_stats[0]) / x_stats[1], dtype=torch.float32)
+    Ys = torch.as_tensor((Y - y_stats[0]) / y_stats[1], dtype=torch.float32)
+    train_data = (Xs[train_rows], Ys[train_rows])
+    val_data = (Xs[val_rows], Ys[val_rows]) if len(val_rows) else None
+    members = [new_network(est, X.shape[1], Y.shape[1], train_data[1], s) for s in seeds]
+    # Several networks train at once as one batched model: about the cost of one network on
+    # small data (the loop gives each member its own minibatches and gradient).
+    model = members[0] if len(members) == 1 else StackedMDN(members)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeds[0])
+        result = train(
+            model,
+            *train_data,
+            val_data=val_data,
+            val_fraction=0.0,  # the split is ours (shared with val_nll_ below)
+            seed=seeds[0],
+            distributed=distributed,
+            **training_kwargs(est),
+        )
+    results = [result]
+    if isinstance(model, StackedMDN):
+        model.copy_into(members)
+        device = next(model.parameters()).device
+        members = [m.to(device) for m in members]
+        results = member_results(result, len(members))
+    val = (X[val_rows], y[val_rows]) if len(val_rows) else None
+    set_fitted(est, members, results, x_stats, y_stats, y_1d, val_data=val)
+
+
+def set_fitted(
+    est: Any,
+    models: Sequence[MixtureDensityNetwork],
+    results: Sequence[FitResult],
+    x_stats: tuple[np.ndarray, np.ndarray],
+    y_stats: tuple[np.ndarray, np.ndarray],
+    y_1d: bool,
+    *,
+    val_data: tuple[np.ndarray, np.ndarray] | None = None,
+    val_nll: float | None = None,
+) -> None:
+    """Sets every fitted attribute; the one place that does (fit, streamed fit, load).
+
+    ``val_nll_`` is scored on ``val_data`` (original units) when given, else taken from
+    ``val_nll`` (``None``: no validation, ``nan``).
+    """
+    est.n_features_in_ = int(x_stats[0].shape[0])
+    est.x_mean_, est.x_scale_ = (np.asarray(v, dtype=np.float64) for v in x_stats)
+    est.y_mean_, est.y_scale_ = (np.asarray(v, dtype=np.float64) for v in y_stats)
+    est.n_outputs_ = int(y_stats[0].shape[0])
+    est._y_1d = bool(y_1d)
+    est.models_ = [m.eval() for m in models]
+    est.model_ = est.models_[0]
+    est.fit_results_ = list(results)
+    est.history_ = list(est.fit_results_[0].history)
+    if val_data is not None:
+        val_nll = float(-np.mean(est.log_prob(*val_data)))
+    est.val_nll_ = math.nan if val_nll is None else float(val_nll)
