@@ -254,7 +254,8 @@ class Trainer:
                 xb, yb = self._to_device(xb, yb)
                 if self.opts.noise_regularization is not None:
                     xb, yb = self._add_noise(xb, yb)
-                self.opt.zero_grad(set_to_none=True)
+                for p in self.params:  # opt.zero_grad(set_to_none=True) minus its profiler hooks
+                    p.grad = None
                 nll = self.train_loss(xb, yb)  # (B,), (M, B) or a mean already
                 member_loss = nll.reshape(M, -1).mean(1)  # (M,)
                 loss = member_loss.sum()  # each member's gradient is its own

@@ -61,8 +61,8 @@ class FallbackLoss:
 
     Only batches with the row count of the first one go through the compiled graph: the
     ragged last batch of an epoch runs eagerly, because recompiling for a dynamic batch
-    dimension costs seconds and gave a slower graph (H100, a 128-wide MDN: 0.36 s/epoch
-    dynamic against 0.13 s static and 0.20 s eager).
+    dimension costs seconds and gave a slower graph than both the static one and eager mode
+    (measured on an H100: benchmarks/RESULTS.md, "GPU").
     """
 
     def __init__(self, compiled: Callable[..., torch.Tensor], eager: Callable[..., torch.Tensor]):
