@@ -166,20 +166,60 @@ def test_torchrun_streamed_fit(tmp_path: Path) -> None:
     assert model.metadata_["streamed"] == {"rows": 600, "val_rows": 60, "chunk_rows": 50}
 
 
+_RANK0_FAILS_AFTER_TRAINING = """
+import errno, sys
+from mixture_density import _commands
+from mixture_density._options import FitResult
+
+class Fitted:  # what training returned
+    fit_results_ = [FitResult([], 1, 0.0, "max_epochs", 1)]
+
+def finish(fitted):  # rank 0 only: writing the model fails after the work
+    raise OSError(errno.EACCES, "Permission denied", "/proc/m.pt")
+
+sys.exit(_commands._fit_distributed(lambda: Fitted(), finish, lambda fitted: 130))
+"""
+
+
 @needs_gloo
 @pytest.mark.slow
 def test_torchrun_rank0_write_failure_fails_every_rank(tmp_path: Path) -> None:
-    # /proc exists, so the early output-path check passes, but no file can be created there
-    # (not even by root): rank 0's save fails after training, and rank 1, waiting for it in
+    # Rank 0's save fails after training (every output is checked before the work, so this
+    # takes a failure the checks cannot see, e.g. a full disk), and rank 1, waiting for it in
     # the final all-reduce, must fail too instead of reporting success.
-    write_data(tmp_path / "tiny.csv", 200)
-    proc, logs = torchrun("-m", "mixture_density", "fit", "tiny.csv", "--target", "y", *FAST,
-                          "--quiet", "--out", "/proc/m.pt", cwd=tmp_path)  # fmt: skip
+    (tmp_path / "rank0_fails.py").write_text(_RANK0_FAILS_AFTER_TRAINING)
+    proc, logs = torchrun("rank0_fails.py", cwd=tmp_path)
     assert proc.returncode != 0
     assert "exitcode  : 2" in proc.stderr, proc.stderr[-3000:]
     assert logs[0].count("mdn: error:") == 1 and "/proc/" in logs[0], logs[0]
     assert "mdn: error: rank 0 failed after training" in logs[1], logs[1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "tiny.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "rank0_fails.py"]
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_torchrun_ctrl_c_keeps_the_model_on_every_rank(tmp_path: Path) -> None:
+    # Ctrl-C in a terminal reaches every process of the job. No rank waits for another:
+    # rank 0 keeps the best weights so far aside, --out stays as it was, all exit 130.
+    write_data(tmp_path / "big.csv", 30_000)
+    (tmp_path / "model.pt").write_bytes(b"the old model")
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "--log-dir", str(logs), "--redirects", "3", "-m", "mixture_density", "fit",
+           "big.csv", "--target", "y", "--epochs", "100000", "--hidden", "8", "--quiet",
+           "--out", "model.pt"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(15)  # two processes import torch, read the file and train some epochs
+    os.killpg(proc.pid, 2)  # SIGINT to the whole job, as the terminal sends it
+    proc.communicate(timeout=120)
+    rank_logs = {int(Path(p).parent.name): Path(p).read_text()
+                 for p in glob.glob(str(logs / "**" / "stderr.log"), recursive=True)}  # fmt: skip
+    assert (tmp_path / "model.pt").read_bytes() == b"the old model"
+    assert "is unchanged" in rank_logs[0] and "model.interrupted.pt" in rank_logs[0]
+    assert "Traceback" not in rank_logs[0] + rank_logs[1], rank_logs
+    assert MDNRegressor.load(tmp_path / "model.interrupted.pt").predict(np.zeros((2, 2))).shape
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 # ------------------------------------------------------------------------------ streaming

@@ -343,7 +343,8 @@ def test_clip_per_member_scales_each_member_alone() -> None:
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     # The training loop's clipping, for a model of 3 stacked members.
-    clip_members(params, 3, DEFAULT_CLIP_GRAD_NORM, torch.ones(3, dtype=torch.bool))
+    _, n_ok = clip_members(params, 3, DEFAULT_CLIP_GRAD_NORM, torch.ones(3, dtype=torch.bool))
+    assert n_ok == 2
     clipped = [p.grad for p in params]
     assert all(g is not None for g in clipped)
     norm = [math.sqrt(sum(float(g[m].square().sum()) for g in grads[:2])) for m in range(2)]

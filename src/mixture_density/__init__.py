@@ -1,10 +1,10 @@
 """mixture-density: mixture density networks on PyTorch.
 
-The core (``GaussianMixture``, ``NoiseType``, ``MixtureDensityHead``,
-``MixtureDensityNetwork``, ``fit``, and the streaming helpers ``CSVChunkDataset`` and
-``streaming_moments``) needs only torch and numpy and is imported eagerly.
-``MDNRegressor`` needs scikit-learn and is resolved lazily on first access, so importing the
-package never imports scikit-learn or matplotlib.
+Every public name is imported on first use (PEP 562), so ``import mixture_density`` itself is
+instant and loads neither torch nor the optional scikit-learn and matplotlib: the ``mdn``
+command installs its signal handling before torch is imported, and ``MDNRegressor`` (which
+needs scikit-learn) costs nothing until it is used. ``from mixture_density import
+GaussianMixture`` works as usual.
 """
 
 from __future__ import annotations
@@ -14,15 +14,28 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from ._csv import CSVChunkDataset
-from ._data import Moments, streaming_moments
-from .distribution import GaussianMixture
-from .nn import MixtureDensityHead, MixtureDensityNetwork
-from .noise import NoiseType
-from .training import FitResult, fit
-
 if TYPE_CHECKING:
+    from ._csv import CSVChunkDataset
+    from ._data import Moments, streaming_moments
+    from .distribution import GaussianMixture
     from .estimator import MDNRegressor
+    from .nn import MixtureDensityHead, MixtureDensityNetwork
+    from .noise import NoiseType
+    from .training import FitResult, fit
+
+#: Public name -> the module that defines it.
+_HOME = {
+    "CSVChunkDataset": "_csv",
+    "FitResult": "training",
+    "GaussianMixture": "distribution",
+    "MDNRegressor": "estimator",
+    "MixtureDensityHead": "nn",
+    "MixtureDensityNetwork": "nn",
+    "Moments": "_data",
+    "NoiseType": "noise",
+    "fit": "training",
+    "streaming_moments": "_data",
+}
 
 __all__ = [
     "CSVChunkDataset",
@@ -40,6 +53,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "MDNRegressor":
-        return importlib.import_module(f"{__name__}.estimator").MDNRegressor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -14,42 +14,25 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _env
+from . import _env, _signals
 from ._csv import Table, column_indices, read_header, write_csv
-from ._errors import MixtureDensityError
-from ._files import check_output_path, save_figure
+from ._errors import EXIT_FAILURE, MixtureDensityError, fail
+from ._files import MODEL_SUFFIXES, TABLE_SUFFIXES, check_output_path, figure_suffixes, save_figure
+from ._options import STOP_INTERRUPTED
 
 if TYPE_CHECKING:
     from .estimator import MDNRegressor
 
-__all__ = [
-    "EXIT_FAILURE",
-    "EXIT_USAGE",
-    "cmd_demo",
-    "cmd_evaluate",
-    "cmd_fit",
-    "cmd_predict",
-    "fail",
-]
-
-#: Exit status for user errors (bad input or arguments), as argparse uses.
-EXIT_USAGE = 2
-#: Exit status when training fails for another reason (a dead peer under torchrun).
-EXIT_FAILURE = 1
+__all__ = ["cmd_demo", "cmd_evaluate", "cmd_fit", "cmd_predict"]
 
 #: ``--memory-budget`` counts in MB of 2**20 bytes.
 MIB = 1 << 20
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> int:
-    """Print ``mdn: error: MESSAGE`` as one line on stderr; return ``code``."""
-    print(f"mdn: error: {' '.join(message.split())}", file=sys.stderr)
-    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -59,10 +42,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        # fit's "interrupted in epoch ..." warning: the command reports that in its own line.
+        warnings.filterwarnings("ignore", message="interrupted in epoch", category=RuntimeWarning)
+        return _fit(args)
+
+
+def _fit(args: argparse.Namespace) -> int:
     from ._fitting import check_params
     from .estimator import DEFAULTS, MDNRegressor
 
-    check_output_path(args.out)
+    check_output_path(args.out, option="--out", suffixes=MODEL_SUFFIXES, inputs=[args.data])
+    check_output_path(interrupted_path(args.out), option="--out")
     world = _env.world_size()
     size = os.path.getsize(args.data)
     stream = args.stream or size > args.memory_budget * MIB
@@ -160,10 +151,36 @@ def cmd_fit(args: argparse.Namespace) -> int:
             print(f"validation NLL: {fitted.val_nll_:.4f} nats per row")
         print(f"wrote {args.out}")
 
+    def keep_interrupted(fitted: MDNRegressor) -> int:
+        """An interrupted fit: ``--out`` stays as it was; the best weights go elsewhere."""
+        result = fitted.fit_results_[0]
+        if result.best_epoch >= 1:
+            path = interrupted_path(args.out)
+            fitted.save(path, metadata={"features": features, "targets": targets})
+            kept = f"the best weights so far (epoch {result.best_epoch}) are in {path}"
+        else:
+            kept = "no epoch finished, nothing was written"
+        print(
+            f"mdn: {_signals.describe()} in epoch {result.epochs_run + 1}; {args.out} is "
+            f"unchanged; {kept}",
+            file=sys.stderr,
+        )
+        return _signals.exit_status()
+
     if world <= 1:
-        finish(train())
+        fitted = train()
+        if fitted.fit_results_[0].stop_reason == STOP_INTERRUPTED:
+            return keep_interrupted(fitted)
+        finish(fitted)
         return 0
-    return _fit_distributed(train, finish)
+    return _fit_distributed(train, finish, keep_interrupted)
+
+
+def interrupted_path(out: str) -> str:
+    """Where an interrupted ``mdn fit --out MODEL`` keeps its best weights: ``MODEL`` with
+    ``.interrupted`` before the suffix (``model.pt`` -> ``model.interrupted.pt``)."""
+    root, suffix = os.path.splitext(out)
+    return f"{root}.interrupted{suffix}"
 
 
 def _fit_columns(args: argparse.Namespace, header: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -191,7 +208,9 @@ def _fit_columns(args: argparse.Namespace, header: Sequence[str]) -> tuple[list[
 
 
 def _fit_distributed(
-    train: Callable[[], MDNRegressor], finish: Callable[[MDNRegressor], None]
+    train: Callable[[], MDNRegressor],
+    finish: Callable[[MDNRegressor], None],
+    keep_interrupted: Callable[[MDNRegressor], int],
 ) -> int:
     """Runs ``train`` as one rank of a ``torchrun`` job; rank 0 then runs ``finish``.
 
@@ -202,7 +221,9 @@ def _fit_distributed(
     rank until rank 0 has written the model and (2) give every rank rank 0's outcome as
     its exit status. A rank that fails prints one line and exits non-zero: 2 for a user
     error, 1 when training itself failed (a dead or stalled peer: fit raises after
-    ``MIXTURE_DENSITY_DIST_TIMEOUT`` seconds at the latest, naming the rank).
+    ``MIXTURE_DENSITY_DIST_TIMEOUT`` seconds at the latest, naming the rank). After Ctrl-C or
+    SIGTERM (which reach every rank), no rank waits for another: rank 0 keeps the best
+    weights so far as :func:`keep_interrupted` does, and every rank exits with 130 or 143.
 
     Returns:
         The exit status, only when the process group existed before (``main`` called from
@@ -220,13 +241,22 @@ def _fit_distributed(
     try:
         fitted = train()
         trained = True
-        if ctx.is_main:
+        if fitted.fit_results_[0].stop_reason == STOP_INTERRUPTED:
+            code = keep_interrupted(fitted) if ctx.is_main else _signals.exit_status()
+        elif ctx.is_main:
             finish(fitted)
     except (MixtureDensityError, OSError, ValueError) as err:
         code = fail(str(err))
     except RuntimeError as err:  # fit's "fit failed on rank R of W ..." after a peer's failure
-        code = fail(str(err), EXIT_FAILURE)
-    if trained:  # the peers are alive (training's last collective passed): compare outcomes
+        code = fail(str(err), EXIT_FAILURE) if _signals.received() is None else 0
+    except KeyboardInterrupt:
+        code = 0  # reported below
+    if _signals.received() is not None:
+        # The peers may be anywhere (in a collective, or gone): wait for none of them.
+        if not trained or code not in (130, 143):
+            print(f"mdn: {_signals.describe()} (rank {ctx.rank})", file=sys.stderr)
+        code = _signals.exit_status()
+    elif trained:  # the peers are alive (training's last collective passed): compare outcomes
         import torch
 
         status = torch.tensor([code], dtype=torch.int64)
@@ -238,8 +268,9 @@ def _fit_distributed(
             code = code or fail(f"lost the other ranks after training: {err}", EXIT_FAILURE)
     if not ctx.created_group:
         return code
-    with contextlib.suppress(RuntimeError):
-        _distributed.teardown(ctx)
+    if _signals.received() is None:
+        with contextlib.suppress(RuntimeError):
+            _distributed.teardown(ctx)
     # torch 2.13 on CPU: a process that used DDP over gloo sometimes aborts while the
     # interpreter shuts down ("terminate called without an active exception", SIGABRT),
     # after all of its work is done (docs/scaling.md, "Exit"); a bare DDP script does it
@@ -277,7 +308,9 @@ def _target_names(model: MDNRegressor) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    check_output_path(args.output)
+    check_output_path(
+        args.output, option="--output", suffixes=TABLE_SUFFIXES, inputs=[args.model, args.data]
+    )
     model = _load_model(args.model)
     X = _features_of(model, Table(args.data))
     targets = _target_names(model)
@@ -303,7 +336,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .metrics import energy_score, evaluate
 
-    check_output_path(args.plot)
+    if args.plot is not None:
+        check_output_path(
+            args.plot, option="--plot", suffixes=figure_suffixes(), inputs=[args.model, args.data]
+        )
     model = _load_model(args.model)
     table = Table(args.data)
     targets = model.metadata_.get("targets")

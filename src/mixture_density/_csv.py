@@ -9,8 +9,11 @@ command in memory (:class:`Table`), by streamed fits and by the public
 * Rows: blank lines are skipped; every other row must have the header's number of fields
   (the first row's without a header); errors name the line of the file (:attr:`csv.reader.line_num`,
   so quoted fields that span lines do not shift the count).
-* Cells: finite numbers; an empty cell, text or a missing or infinite value is an error naming
-  the line and the column (:func:`to_floats`).
+* Cells: finite numbers of magnitude at most ``MAX_ABS_VALUE``; an empty cell, text, a
+  missing or infinite value or a huge one is an error naming the line and the column
+  (:func:`to_floats`).
+* The file: text that is not UTF-8, or a field longer than ``csv.field_size_limit()`` (131,072
+  characters: no number is that long), is an error naming the file and the line.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ __all__ = [
 #: A UTF-8 byte-order mark (as written by spreadsheet programs) is not part of the first name.
 ENCODING = "utf-8-sig"
 
+#: Largest magnitude of a cell. Standardizing sums squared deviations in float64 (largest
+#: finite value 1.8e308): with every value below 1e150 the squares stay below 1e300, and a
+#: sum of 10^8 of them below the largest float. Real measurements are far smaller.
+MAX_ABS_VALUE = 1e150
+#: A cell quoted in a message is cut to this many characters.
+_SHOWN_CHARS = 40
+
 #: ``(x (m, d), y (m, D)) -> (x', y')`` applied by :class:`CSVChunkDataset` to each chunk.
 ChunkTransform = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
@@ -62,15 +72,29 @@ class _Rows:
         #: The stripped names of the header row (not checked: see :func:`check_names`).
         self.header: list[str] | None = None
         if header:
-            row = next(self._reader, None)
+            row = self._next()
             if row is None:
                 raise MixtureDensityError(f"{path}: empty file, expected a header row")
             self.header = [name.strip() for name in row]
 
+    def _next(self) -> list[str] | None:
+        """The next row of the file (None at its end), with its errors named by line."""
+        try:
+            return next(self._reader, None)
+        except UnicodeDecodeError as err:
+            raise MixtureDensityError(
+                f"{self.path} is not UTF-8 text (byte {err.object[err.start : err.start + 1]!r} "
+                f"after line {self._reader.line_num}); save it as UTF-8"
+            ) from None
+        except csv.Error as err:  # e.g. a field longer than csv.field_size_limit()
+            raise MixtureDensityError(
+                f"{self.path} line {self._reader.line_num}: cannot read it as CSV ({err})"
+            ) from None
+
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
         reader = self._reader
         n_fields = None if self.header is None else len(self.header)
-        for row in reader:
+        while (row := self._next()) is not None:
             # The full blank test runs only on rows that start with a blank field.
             if (not row or not row[0].strip()) and not any(cell.strip() for cell in row):
                 continue
@@ -194,7 +218,7 @@ def to_floats(
         arr = np.array(rows, dtype=np.float64)  # (m, p)
     except ValueError:
         arr = None
-    if arr is not None and np.isfinite(arr).all():
+    if arr is not None and bool((np.abs(arr) <= MAX_ABS_VALUE).all()):  # NaN fails it too
         return arr
     # Rare: find the first bad cell and name it (or, if Python reads every cell that numpy
     # would not, e.g. "1_000" in older numpy, use Python's numbers).
@@ -204,14 +228,26 @@ def to_floats(
             try:
                 value = float(cell)
             except ValueError:
-                problem = "empty cell" if not cell.strip() else f"{cell!r} is not a number"
+                problem = "empty cell" if not cell.strip() else f"{_shown(cell)} is not a number"
                 raise MixtureDensityError(f"{where}: {problem}") from None
             if not math.isfinite(value):
                 raise MixtureDensityError(
-                    f"{where}: {cell!r} (missing or infinite values are not supported; drop or "
-                    "impute the row)"
+                    f"{where}: {_shown(cell)} (missing or infinite values are not supported; "
+                    "drop or impute the row)"
+                )
+            if abs(value) > MAX_ABS_VALUE:
+                raise MixtureDensityError(
+                    f"{where}: {_shown(cell)} is too large (magnitudes above {MAX_ABS_VALUE:g} "
+                    "overflow when squared for the standardization; rescale the column)"
                 )
     return np.array([[float(cell) for cell in row] for row in rows], dtype=np.float64)
+
+
+def _shown(cell: str) -> str:
+    """``repr`` of a cell for a message, cut short when the cell is long."""
+    if len(cell) <= _SHOWN_CHARS:
+        return repr(cell)
+    return f"{cell[:_SHOWN_CHARS]!r}... ({len(cell)} characters)"
 
 
 class Table:

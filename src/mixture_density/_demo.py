@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ._files import check_output_path, save_figure
+from ._files import check_output_path, figure_suffixes, save_figure
 from .estimator import MDNRegressor
 
 __all__ = ["inverse_problem_data", "run_demo", "true_conditional_log_prob"]
@@ -79,7 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .metrics import interval_coverage
 
-    check_output_path(args.out)
+    check_output_path(args.out, option="--out", suffixes=figure_suffixes())
     n_train = args.n if args.n is not None else (600 if args.quick else 3000)
     rng = np.random.default_rng(args.seed)
     X, y = inverse_problem_data(n_train, rng)

@@ -1,8 +1,18 @@
-"""The package exception."""
+"""The package exception, and how the ``mdn`` command reports an error."""
 
 from __future__ import annotations
 
-__all__ = ["MixtureDensityError"]
+import sys
+
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "MixtureDensityError", "fail"]
+
+#: Exit status for user errors (bad input or arguments), as argparse uses.
+EXIT_USAGE = 2
+#: Exit status when the work fails for another reason (a dead peer under torchrun).
+EXIT_FAILURE = 1
+#: Messages are cut to this many characters: a cell or a path can be huge (a 200,000
+#: character cell), and one line on a terminal should stay readable.
+MAX_MESSAGE_CHARS = 2000
 
 
 class MixtureDensityError(ValueError):
@@ -18,3 +28,20 @@ class MixtureDensityError(ValueError):
         ...     print(err)
         column 'x' is missing
     """
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> int:
+    r"""Print ``mdn: error: MESSAGE`` as one line on stderr; return ``code``.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+        ...     code = fail("no such column    'x'")
+        >>> code, err.getvalue()
+        (2, "mdn: error: no such column 'x'\n")
+    """
+    text = " ".join(message.split())
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    print(f"mdn: error: {text}", file=sys.stderr)
+    return code

@@ -19,6 +19,7 @@ import torch
 from sklearn.utils import check_random_state
 from torch import Tensor
 
+from ._csv import MAX_ABS_VALUE
 from ._data import guarded_scale
 from ._ensemble import StackedMDN, member_results
 from ._env import world_size
@@ -113,8 +114,20 @@ def new_network(
     return model
 
 
-def standardization(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations of ``(n, p)`` data; near-constant columns get 1."""
+def standardization(A: np.ndarray, name: str = "X") -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations of ``(n, p)`` data; near-constant columns get 1.
+
+    Raises:
+        ValueError: a value of magnitude above ``_csv.MAX_ABS_VALUE`` (its square would
+            overflow the standard deviation), naming the first such row and column.
+    """
+    too_large = np.abs(A) > MAX_ABS_VALUE
+    if too_large.any():
+        row, col = np.argwhere(too_large)[0]
+        raise ValueError(
+            f"{name} has {A[row, col]:g} in row {row}, column {col}: magnitudes above "
+            f"{MAX_ABS_VALUE:g} overflow when squared for the standardization; rescale it"
+        )
     mean = A.mean(axis=0)
     return mean, guarded_scale(mean, A.std(axis=0))
 
@@ -124,7 +137,7 @@ def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None)
     y_1d = y.ndim == 1
     Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
     n = X.shape[0]
-    x_stats, y_stats = standardization(X), standardization(Y)
+    x_stats, y_stats = standardization(X, "X"), standardization(Y, "y")
     rng = check_random_state(est.random_state)
     n_val = math.floor(est.val_fraction * n)
     if n_val >= 1 and n - n_val >= 1:

@@ -165,7 +165,9 @@ class Trainer:
             wrapped = self.ddp = nn.parallel.DistributedDataParallel(
                 loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.train_loss: Callable[..., torch.Tensor] = wrapped
+        # Plain eager training calls the model's loss directly (no module-call overhead).
+        plain = amp is None and self.ddp is None
+        self.train_loss: Callable[..., torch.Tensor] = loss_module.plain if plain else wrapped
         if opts.compile:
             self.train_loss = FallbackLoss(torch.compile(wrapped, dynamic=False), wrapped)
         return self._loop()
@@ -207,6 +209,8 @@ class Trainer:
 
     # -- one epoch ------------------------------------------------------------------------
     def _to_device(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if xb.device == yb.device == self.device and xb.dtype == yb.dtype == self.dtype:
+            return xb, yb  # in-memory sources are already there
         xb = xb.to(self.device, non_blocking=True)
         if xb.is_floating_point():
             xb = xb.to(self.dtype)
@@ -267,8 +271,7 @@ class Trainer:
                     self.scaler.unscale_(self.opt)
                 clip = self.opts.clip_grad_norm or math.inf
                 loss_ok = torch.isfinite(member_loss.detach())
-                finite = clip_members(self.params, M, clip, loss_ok)  # (M,)
-                n_finite = int(finite.sum())  # the step's one host sync
+                finite, n_finite = clip_members(self.params, M, clip, loss_ok)  # (M,)
                 any_finite = n_finite > 0
                 if self.scaler is not None:
                     # The scaler skips overflowing steps itself and halves its scale; only a
@@ -327,9 +330,12 @@ class Trainer:
         best_val = s.best_val if self.val is not None else math.nan
         return FitResult(s.history, s.best_epoch, best_val, reason, len(s.history), detail)
 
-    def _finish(self) -> None:
+    def _finish(self, interrupted: bool = False) -> None:
         self.model.load_state_dict(self.state.best_state)
-        _dist.broadcast_module(self.ctx, self.model)
+        if not interrupted:
+            # After Ctrl-C the other ranks may be in any collective (or gone): no waiting.
+            # Their best states are equal anyway: they were taken at the same epochs.
+            _dist.broadcast_module(self.ctx, self.model)
         self.model.train(self.was_training)
 
     def _record(
@@ -408,7 +414,7 @@ class Trainer:
                 RuntimeWarning,
                 stacklevel=5,
             )
-        self._finish()
+        self._finish(interrupted=reason == STOP_INTERRUPTED)
         return self._result(reason, detail)
 
     def _patience_exhausted(self) -> bool:
@@ -460,7 +466,7 @@ def _adamw(
 
 def clip_members(
     params: list[nn.Parameter], members: int, max_norm: float, loss_ok: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, int]:
     """Clips each member's gradient to ``max_norm``; returns which members may step.
 
     A member may step when its loss and its gradient norm are finite; any other member of a
@@ -475,10 +481,11 @@ def clip_members(
         loss_ok: (M,) whether each member's minibatch loss is finite.
 
     Returns:
-        (M,) bool.
+        (M,) bool, and how many are true (the step's one host synchronization).
     """
     if members == 1:
-        return torch.isfinite(nn.utils.clip_grad_norm_(params, max_norm)) & loss_ok
+        ok = torch.isfinite(nn.utils.clip_grad_norm_(params, max_norm)) & loss_ok
+        return ok, int(ok)
     M = members
     grads = [p.grad for p in params if p.grad is not None]
     with torch.no_grad():
@@ -488,9 +495,11 @@ def clip_members(
         factor = torch.where(ok, (max_norm / (norm + _NORM_EPS)).clamp(max=1.0), 0.0)
         for g in grads:
             g.mul_(factor.view(M, *([1] * (g.dim() - 1))))
-            # 0 * inf is NaN: zero what is left of the members that may not step
-            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-    return ok
+        n_ok = int(ok.sum())
+        if n_ok < M:  # 0 * inf is NaN: zero what is left of the members that may not step
+            for g in grads:
+                torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+    return ok, n_ok
 
 
 def _progress_bar(opts: FitOptions, start_epoch: int, is_main: bool) -> Any:

@@ -35,7 +35,8 @@ class LossModule(nn.Module):
             getattr(model, "head", None), nn.Module
         )
 
-    def _plain(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def plain(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss without mixed precision: ``model.loss(x, y)`` or ``-model(x).log_prob(y)``."""
         loss_fn = getattr(self.model, "loss", None)
         if callable(loss_fn):
             return cast(torch.Tensor, loss_fn(x, y))
@@ -43,7 +44,7 @@ class LossModule(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.amp_dtype is None:
-            return self._plain(x, y)
+            return self.plain(x, y)
         if self.split:
             backbone = cast(nn.Module, self.model.backbone)
             head = cast(nn.Module, self.model.head)
@@ -52,7 +53,7 @@ class LossModule(nn.Module):
             with torch.autocast(self.device_type, enabled=False):
                 return cast(torch.Tensor, -head(h.to(y.dtype)).log_prob(y))
         with torch.autocast(self.device_type, dtype=self.amp_dtype):
-            out = self._plain(x, y)
+            out = self.plain(x, y)
         return out.to(y.dtype)
 
 

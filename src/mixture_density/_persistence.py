@@ -20,9 +20,11 @@ from sklearn.utils.validation import check_is_fitted
 from . import __version__
 from ._env import resolve_device
 from ._errors import MixtureDensityError
-from ._fitting import build_network, set_fitted
+from ._fitting import build_network, check_params, set_fitted
 from ._options import FitResult
 from ._serialization import read_checkpoint, write_checkpoint
+
+_REMEDY = "write it again with 'mdn fit' or MDNRegressor.save"
 
 __all__ = ["load_estimator", "save_estimator"]
 
@@ -65,50 +67,95 @@ def save_estimator(
 
 
 def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | None) -> Any:
-    """Reads an estimator written by :func:`save_estimator` (see ``MDNRegressor.load``)."""
+    """Reads an estimator written by :func:`save_estimator` (see ``MDNRegressor.load``).
+
+    Everything is checked before any network is built: the checksum (``_serialization``),
+    the configuration's entries and the shape of every tensor, against a network built on
+    the ``meta`` device (shapes only, no memory), so that a damaged configuration cannot make
+    the load allocate memory it describes. The networks then take the file's tensors
+    themselves (``load_state_dict(assign=True)``).
+    """
     config, tensors = read_checkpoint(path)
+    name = repr(os.fspath(path))
     if config.get("kind") != KIND:
-        raise MixtureDensityError(f"{os.fspath(path)!r} does not hold an {KIND}")
-    if config.get("version", 0) > VERSION:
+        raise MixtureDensityError(f"{name} does not hold an {KIND}")
+    if not isinstance(config.get("version"), int) or config["version"] > VERSION:
         raise MixtureDensityError(
-            f"{os.fspath(path)!r} was written by a newer mixture-density "
+            f"{name} was written by a newer mixture-density "
             f"({config.get('library_version')}); upgrade to read it"
         )
-    params = dict(config["params"])
-    params["hidden_dims"] = tuple(params["hidden_dims"])
-    if device is not None:
-        params["device"] = device
-    est = cls(**params)
+    try:
+        est, n_features, n_outputs = _configured(cls, config, device)
+        results = [FitResult(**_from_jsonable(r)) for r in config["fit_results"]]
+        y_1d, val_nll = bool(config["y_1d"]), config["val_nll"]
+        feature_names = config.get("feature_names_in")
+        metadata = dict(config.get("metadata", {}))
+    except (KeyError, TypeError, ValueError) as err:
+        raise MixtureDensityError(
+            f"model file {name} is corrupted: its configuration is incomplete or invalid "
+            f"({type(err).__name__}: {err}); {_REMEDY}"
+        ) from None
+    with torch.device("meta"):
+        reference = build_network(est, n_features, n_outputs).state_dict()
+    expected = {key: (n_features,) for key in ("x_mean", "x_scale")}
+    expected |= {key: (n_outputs,) for key in ("y_mean", "y_scale")}
+    for i in range(int(est.n_estimators)):
+        expected |= {f"models.{i}.{k}": tuple(v.shape) for k, v in reference.items()}
+    found = {key: tuple(t.shape) for key, t in tensors.items()}
+    if found != expected:
+        wrong = sorted(set(found) ^ set(expected)) or sorted(
+            k for k in expected if found[k] != expected[k]
+        )
+        raise MixtureDensityError(
+            f"model file {name} is corrupted: its weights do not match its configuration "
+            f"(first mismatch: {wrong[0]}); {_REMEDY}"
+        )
     try:
         target = resolve_device(est.device)
     except ValueError:  # a CUDA device where there is none
         if device is not None:
             raise
         target = torch.device("cpu")  # documented: the saved device, or cpu without it
-    n_features, n_outputs = int(config["n_features_in"]), int(config["n_outputs"])
     models = []
-    for i in range(int(params["n_estimators"])):
+    for i in range(int(est.n_estimators)):
         prefix = f"models.{i}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        model = build_network(est, n_features, n_outputs)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise MixtureDensityError(f"{os.fspath(path)!r}: weights do not fit: {err}") from err
+        with torch.device("meta"):
+            model = build_network(est, n_features, n_outputs)
+        model.load_state_dict(state, strict=True, assign=True)
         models.append(model.to(target))
     set_fitted(
         est,
         models,
-        [FitResult(**_from_jsonable(r)) for r in config["fit_results"]],
+        results,
         (tensors["x_mean"].numpy(), tensors["x_scale"].numpy()),
         (tensors["y_mean"].numpy(), tensors["y_scale"].numpy()),
-        bool(config["y_1d"]),
-        val_nll=config["val_nll"],
+        y_1d,
+        val_nll=val_nll,
     )
-    if "feature_names_in" in config:
-        est.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
-    est.metadata_ = dict(config.get("metadata", {}))
+    if feature_names is not None:
+        est.feature_names_in_ = np.asarray(feature_names, dtype=object)
+    est.metadata_ = metadata
     return est
+
+
+def _configured(cls: type[Any], config: dict[str, Any], device: str | None) -> tuple[Any, int, int]:
+    """The unfitted estimator a configuration describes, with its input and output sizes.
+
+    Raises:
+        KeyError, TypeError, ValueError: an entry is missing or invalid.
+    """
+    params = dict(config["params"])
+    params["hidden_dims"] = tuple(params["hidden_dims"])
+    if device is not None:
+        params["device"] = device
+    est = cls(**params)
+    check_params(est)
+    widths = [int(w) for w in est.hidden_dims]
+    n_features, n_outputs = config["n_features_in"], config["n_outputs"]
+    if not all(isinstance(v, int) and v >= 1 for v in (n_features, n_outputs, *widths)):
+        raise ValueError("sizes must be positive integers")
+    return est, n_features, n_outputs
 
 
 def _from_jsonable(value: Any) -> Any:

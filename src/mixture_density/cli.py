@@ -25,11 +25,14 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import NoReturn, TextIO
 
-from ._commands import EXIT_USAGE, cmd_demo, cmd_evaluate, cmd_fit, cmd_predict, fail
-from ._errors import MixtureDensityError
+# Only light modules at import time: main() installs the signal handling before torch and
+# numpy are imported (importing torch takes about a second, and Ctrl-C may come then).
+from . import _signals
+from ._errors import EXIT_USAGE, MixtureDensityError, fail
 
 __all__ = ["main"]
 
@@ -55,17 +58,35 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mdn`` command.
 
+    Ctrl-C (SIGINT) and SIGTERM stop the command at any moment, imports included, with one
+    line on stderr and status 130 or 143; no output file is left half written, and an
+    interrupted ``fit`` never replaces its ``--out`` file.
+
     Args:
         argv: Arguments without the program name; ``None`` reads ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 on success, 2 on a user error (with one line on stderr).
+        The exit status: 0 on success, 2 on a user error (with one line on stderr), 1 when
+        the work failed otherwise, 130/143 after SIGINT/SIGTERM.
 
     Example:
         >>> main(["--version"])  # doctest: +ELLIPSIS
         mdn ...
         0
     """
+    with _signals.handled(), _one_line_warnings():
+        try:
+            return _run(argv)
+        except BaseException as exc:
+            # A signal can surface as another exception: an extension module whose import it
+            # interrupts reports an ImportError or SystemError, not the KeyboardInterrupt.
+            if not isinstance(exc, KeyboardInterrupt) and _signals.received() is None:
+                raise
+            print(f"mdn: {_signals.describe()}", file=sys.stderr)
+            return _signals.exit_status()
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(None if argv is None else list(argv))
@@ -78,10 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     import torch
 
+    from . import _commands
+
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(args.threads)
-        return int(args.handler(args))
+        return int(getattr(_commands, f"cmd_{args.command}")(args))
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in _OPTIONAL_MODULES:
             raise  # a broken installation, not a missing extra: keep the traceback
@@ -92,13 +115,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (MixtureDensityError, OSError, ValueError) as err:
+    except OSError as err:
+        return fail(_os_error_text(err))
+    except (MixtureDensityError, ValueError) as err:
         return fail(str(err))
-    except KeyboardInterrupt:
-        print("mdn: interrupted", file=sys.stderr)
-        return 130
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process: restore
+
+
+def _os_error_text(err: OSError) -> str:
+    """``PATH: what went wrong`` for file errors (their default text leads with ``[Errno N]``)."""
+    if err.filename is not None and err.strerror:
+        return f"{os.fsdecode(err.filename)}: {err.strerror}"
+    return str(err)
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings print as ``mdn: warning: MESSAGE``, one line each, while the command runs."""
+    previous = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        print(f"mdn: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def _build_parser() -> _Parser:
@@ -137,7 +188,6 @@ def _build_parser() -> _Parser:
     demo.add_argument(
         "--quick", action="store_true", help="small data and few epochs (a smoke test)"
     )
-    demo.set_defaults(handler=cmd_demo)
 
     fit = sub.add_parser("fit", help="train a model on a CSV file")
     fit.add_argument("data", metavar="DATA.csv", help="CSV file with a header row")
@@ -212,7 +262,6 @@ def _build_parser() -> _Parser:
         help="when streaming: hold out the first N rows for validation and early stopping "
         "(default: 10%% of the rows, at most 10000; 0: none)",
     )
-    fit.set_defaults(handler=cmd_fit)
 
     predict = sub.add_parser("predict", help="predict means, quantiles and samples for a CSV file")
     predict.add_argument("model", metavar="MODEL", help="model file written by 'mdn fit'")
@@ -232,7 +281,6 @@ def _build_parser() -> _Parser:
         "--seed", type=int, default=0, help="seed for --samples (default: %(default)s)"
     )
     predict.add_argument("--output", metavar="OUT.csv", help="output CSV (default: stdout)")
-    predict.set_defaults(handler=cmd_predict)
 
     evaluate = sub.add_parser("evaluate", help="score a model on a CSV file with targets")
     evaluate.add_argument("model", metavar="MODEL", help="model file written by 'mdn fit'")
@@ -240,7 +288,6 @@ def _build_parser() -> _Parser:
         "data", metavar="DATA.csv", help="CSV file with feature and target columns"
     )
     evaluate.add_argument("--plot", metavar="FIG.png", help="write a reliability diagram")
-    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 

@@ -121,7 +121,9 @@ class MixtureDensityHead(nn.Module):
         bias_logits.zero_()
         bias_loc.normal_()
         weight_scale.zero_()
-        one = torch.ones(())
+        # A CPU scalar whatever the default device, so that a head built on the "meta" device
+        # (shapes only, no memory: how a model file's shapes are checked) can read it.
+        one = torch.ones((), device="cpu")
         if self.noise_type is NoiseType.FULL:
             diagonal, off_diagonal = self.layout.split_packed(bias_scale)  # P_ii = 1, P_ij = 0
             diagonal.fill_(inverse_precision_diagonal(one, self.min_scale).item())

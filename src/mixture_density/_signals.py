@@ -1,0 +1,72 @@
+"""Ctrl-C and SIGTERM for the ``mdn`` command (private).
+
+While :func:`handled` is active, SIGINT and SIGTERM both raise ``KeyboardInterrupt`` in the
+main thread, so that every ``finally`` and ``except BaseException`` runs: the atomic writer
+removes its temporary file, ``training.fit`` restores its best weights, and the command
+reports one line. Which signal came last decides the exit status (130 for SIGINT, 143 for
+SIGTERM, the shell's ``128 + signal number`` convention). This module imports nothing heavy,
+so the command can install the handlers before torch is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = ["EXIT_INTERRUPTED", "describe", "exit_status", "handled", "received", "reset"]
+
+#: Exit status after Ctrl-C (SIGINT).
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+_received: int | None = None
+
+
+def _raise(signum: int, frame: FrameType | None) -> None:
+    global _received
+    _received = signum
+    raise KeyboardInterrupt
+
+
+def received() -> int | None:
+    """The last signal received while :func:`handled` was active (None: none)."""
+    return _received
+
+
+def reset() -> None:
+    """Forget the last signal (each command run starts clean)."""
+    global _received
+    _received = None
+
+
+def exit_status() -> int:
+    """``128 + signal number`` of the last signal (130 when none was recorded)."""
+    return 128 + _received if _received is not None else EXIT_INTERRUPTED
+
+
+def describe() -> str:
+    """``"interrupted"`` (SIGINT, or none recorded) or ``"terminated"`` (SIGTERM)."""
+    return "terminated" if _received == signal.SIGTERM else "interrupted"
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` inside the block (main thread only).
+
+    The previous handlers are restored on exit, so ``mdn``'s ``main`` can run in-process.
+    Elsewhere than the main thread, signals cannot be handled and the block runs as is.
+    """
+    reset()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _raise)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
