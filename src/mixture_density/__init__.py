@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .estimator import MDNRegressor
     from .nn import MixtureDensityHead, MixtureDensityNetwork
     from .noise import NoiseType
+    from .rnn import MixtureDensityRNN
     from .training import FitResult, fit
 
 #: Public name -> the module that defines it.
@@ -31,6 +32,7 @@ _HOME = {
     "MDNRegressor": "estimator",
     "MixtureDensityHead": "nn",
     "MixtureDensityNetwork": "nn",
+    "MixtureDensityRNN": "rnn",
     "Moments": "_data",
     "NoiseType": "noise",
     "fit": "training",
@@ -44,6 +46,7 @@ __all__ = [
     "MDNRegressor",
     "MixtureDensityHead",
     "MixtureDensityNetwork",
+    "MixtureDensityRNN",
     "Moments",
     "NoiseType",
     "__version__",

@@ -42,13 +42,16 @@ EVAL_BATCH = 4096
 CONSTANT_SPREAD_ULPS = 10.0
 
 
-def as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
+def as_tensor(
+    value: Any, name: str, dtype: torch.dtype, *, check_finite: bool = True
+) -> torch.Tensor:
     """Converts an array-like to a floating tensor and checks it is non-empty and finite.
 
     Args:
         value: numpy array, tensor or nested sequence, shape ``(n, ...)``.
         name: argument name used in error messages.
         dtype: floating dtype of the result (the model's parameter dtype).
+        check_finite: refuse NaN and inf (the caller checks the observed entries itself).
 
     Returns:
         Tensor of shape ``(n, ...)`` (a 0-d input is rejected), on the input's device.
@@ -70,60 +73,109 @@ def as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (n, ...), got a scalar")
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); need at least one row")
-    finite = torch.isfinite(tensor)
+    if check_finite:
+        _check_finite(tensor, torch.isfinite(tensor), name)
+    return tensor
+
+
+def _check_finite(tensor: torch.Tensor, finite: torch.Tensor, name: str) -> None:
     if not bool(finite.all()):
         bad = (~finite).reshape(tensor.shape[0], -1).any(dim=1).nonzero().flatten()
         raise ValueError(
             f"{name} contains NaN or inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
             "drop or impute them before fitting"
         )
-    return tensor
 
 
 def prepare_xy(
-    X: Any, y: Any, dtype: torch.dtype, *, names: tuple[str, str] = ("X", "y")
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validates a pair of arrays: ``X (n,)|(n, ...)`` and ``y (n,)|(n, D)``.
+    X: Any,
+    y: Any,
+    dtype: torch.dtype,
+    *,
+    mask: Any = None,
+    names: tuple[str, str] = ("X", "y"),
+    mask_name: str = "mask",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Validates ``X (n,)|(n, ...)``, ``y (n,)|(n, D)|(n, T, D)`` and an optional mask.
+
+    With ``mask (n, T)`` (bool, or 0/1), ``y`` is ``(n, T, D)`` or ``(n, T)`` (one output);
+    its entries where the mask is False may hold anything, NaN included (padding), and are
+    replaced by 0 so that no loss ever computes on them. Every observed entry must be finite.
 
     Returns:
-        ``X`` as ``(n, d)`` (1-D input becomes one column) or ``(n, ...)``, and ``y`` as
-        ``(n, D)``.
+        ``X`` as ``(n, d)`` (1-D input becomes one column) or ``(n, ...)``, ``y`` as
+        ``(n, D)`` or ``(n, ..., D)`` (sequences: ``(n, T, D)``), and the mask as a bool
+        tensor of shape ``y.shape[:-1]`` (None without a mask).
     """
     name_x, name_y = names
     if X is None or y is None:
         missing = name_x if X is None else name_y
         raise ValueError(f"{missing} is None; pass both {name_x} and {name_y}")
     Xt = as_tensor(X, name_x, dtype)
-    yt = as_tensor(y, name_y, dtype)
+    yt = as_tensor(y, name_y, dtype, check_finite=mask is None)
     if Xt.ndim == 1:
         Xt = Xt.unsqueeze(-1)
-    if yt.ndim == 1:
+    mt = None
+    if mask is not None:
+        mt = _as_mask(mask, mask_name, yt, name_y)
+        if yt.shape == mt.shape:  # (n, T): one output
+            yt = yt.unsqueeze(-1)
+        observed = mt.unsqueeze(-1).expand_as(yt)
+        _check_finite(yt, torch.isfinite(yt) | ~observed, f"{name_y} (where {mask_name} is True)")
+        yt = torch.where(observed, yt, torch.zeros((), dtype=yt.dtype, device=yt.device))
+    elif yt.ndim == 1:
         yt = yt.unsqueeze(-1)
-    if yt.ndim != 2:
-        raise ValueError(f"{name_y} must have shape (n,) or (n, D), got {tuple(yt.shape)}")
     if Xt.shape[0] != yt.shape[0]:
         raise ValueError(
             f"{name_x} and {name_y} must have the same number of rows, got "
             f"{Xt.shape[0]} and {yt.shape[0]}"
         )
-    return Xt, yt
+    return Xt, yt, mt
 
 
-def split_batch(batch: Any, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unpacks a DataLoader item ``(x, y)``; ``y (B,)`` becomes ``(B, 1)``."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+def _as_mask(mask: Any, name: str, y: torch.Tensor, name_y: str) -> torch.Tensor:
+    """``mask`` as a bool tensor of shape ``y.shape[:-1]`` (or ``y.shape`` for one output)."""
+    if isinstance(mask, torch.Tensor):
+        mt = mask.detach()
+    else:
+        try:
+            mt = torch.as_tensor(np.asarray(mask))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be a bool array of shape (n, T), got {exc}") from exc
+    if mt.dtype != torch.bool:
+        if mt.is_floating_point() or mt.is_complex() or not bool(((mt == 0) | (mt == 1)).all()):
+            raise TypeError(f"{name} must hold booleans (or 0/1 integers), got dtype {mt.dtype}")
+        mt = mt.to(torch.bool)
+    if mt.ndim < 1 or y.shape not in (mt.shape, (*mt.shape, y.shape[-1])):
+        raise ValueError(
+            f"{name} must have the shape of {name_y} without its last axis: {name_y} "
+            f"{tuple(y.shape)} needs {name} {tuple(y.shape[:-1])} (or {name_y} "
+            f"{tuple(mt.shape)} for one output), got {name} {tuple(mt.shape)}"
+        )
+    return mt.to(y.device)
+
+
+def split_batch(batch: Any, source: str) -> tuple[torch.Tensor, ...]:
+    """Unpacks a DataLoader item ``(x, y)`` or ``(x, y, mask)``; ``y (B,)`` becomes ``(B, 1)``
+    and, with a mask ``(B, T)``, ``y (B, T)`` becomes ``(B, T, 1)``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
         raise TypeError(
-            f"{source} must yield (x, y) pairs, got {type(batch).__name__}"
+            f"{source} must yield (x, y) pairs or (x, y, mask) triples, got "
+            f"{type(batch).__name__}"
             + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
         )
-    xb, yb = batch
-    if not isinstance(xb, torch.Tensor) or not isinstance(yb, torch.Tensor):
-        xb, yb = torch.as_tensor(np.asarray(xb)), torch.as_tensor(np.asarray(yb))
-    if yb.ndim == 1:
-        yb = yb.unsqueeze(-1)
+    xb, yb = (
+        b if isinstance(b, torch.Tensor) else torch.as_tensor(np.asarray(b)) for b in batch[:2]
+    )
     if xb.ndim == 1:
         xb = xb.unsqueeze(-1)
-    return xb, yb
+    if len(batch) == 2:
+        return xb, yb.unsqueeze(-1) if yb.ndim == 1 else yb
+    mb = _as_mask(batch[2], f"the mask of {source}", yb, f"the y of {source}")
+    if yb.shape == mb.shape:
+        yb = yb.unsqueeze(-1)
+    # Padding may be NaN: zero it here, as prepare_xy does for in-memory data.
+    return xb, torch.where(mb.unsqueeze(-1), yb, torch.zeros((), dtype=yb.dtype)), mb
 
 
 class TensorBatches:
@@ -138,7 +190,9 @@ class TensorBatches:
 
     Args:
         X: inputs ``(n, ...)``.
-        y: targets ``(n, D)``.
+        y: targets ``(n, D)`` or ``(n, ..., D)``.
+        mask: None, or ``(n, ...)`` bool, the observed entries of ``y``; batches are then
+            ``(xb, yb, mb)`` triples.
         batch_size: rows per rank and step.
         shuffle: draw a fresh permutation from ``generator`` at each :meth:`batches` call.
         rank, world_size: this process's shard.
@@ -157,8 +211,9 @@ class TensorBatches:
         world_size: int = 1,
         pad: bool = True,
         members: int = 1,
+        mask: torch.Tensor | None = None,
     ) -> None:
-        self.X, self.y = X, y
+        self.X, self.y, self.mask = X, y, mask
         self.members = members
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -192,13 +247,17 @@ class TensorBatches:
 
     def batches(
         self, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yields ``(xb (B, ...), yb (B, D))`` (with members: ``(M, B, ...)``); consumes
-        ``generator`` once when shuffling."""
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Yields ``(xb (B, ...), yb (B, D))`` (with members: ``(M, B, ...)``), plus the
+        mask's ``mb (B, ...)`` with a mask; consumes ``generator`` once when shuffling."""
         order = self._indices(generator).to(self.X.device)
+        mask = self.mask
         for start in range(0, order.shape[-1], self.batch_size):
             idx = order[..., start : start + self.batch_size]
-            yield self.X[idx], self.y[idx]
+            if mask is None:
+                yield self.X[idx], self.y[idx]
+            else:
+                yield self.X[idx], self.y[idx], mask[idx]
 
 
 # --------------------------------------------------------------------------- fit's sources
@@ -216,7 +275,8 @@ class Source:
     even: bool = True
 
     def batches(self, generator: torch.Generator, epoch: int) -> Iterator[Any]:
-        """Yields ``(x, y)`` pairs for one epoch; ``y`` is always ``(B, D)``."""
+        """Yields ``(x, y)`` pairs (or ``(x, y, mask)`` triples) for one epoch; ``y`` is
+        ``(B, D)`` or ``(B, ..., D)``."""
         if self.tensors is not None:
             return self.tensors.batches(generator)
         if self.loader is None:
@@ -238,9 +298,11 @@ def _tensor_source(
     train: bool,
     name: str,
     members: int = 1,
+    mask: torch.Tensor | None = None,
 ) -> Source:
     if device.type == "cuda" and X.nbytes + y.nbytes < DEVICE_RESIDENT_BYTES:
         X, y = X.to(device), y.to(device)
+        mask = None if mask is None else mask.to(device)
     # Validation shards are disjoint and unpadded, so the summed NLL counts each row once;
     # validation rows are shared by all members (one batch scores every member).
     tb = TensorBatches(
@@ -252,6 +314,7 @@ def _tensor_source(
         world_size=ctx.world_size,
         pad=train,
         members=members if train else 1,
+        mask=mask,
     )
     return Source(tb, n_rows=int(X.shape[0]), name=name)
 
@@ -294,26 +357,41 @@ def build_sources(
     device: torch.device,
     *,
     members: int = 1,
+    mask: Any = None,
 ) -> tuple[Source, Source | None]:
     """Turns fit's data arguments into training and validation sources.
 
-    ``val_fraction`` splits ``X, y`` or a map-style ``train_data`` with ``gen`` (identically
-    seeded on every rank); it is ignored for DataLoaders and IterableDatasets. With
-    ``members > 1``, in-memory training rows come in one independent order per member
-    (``(M, B, ...)`` batches); other sources give every member the same ``(B, ...)`` batch.
+    ``val_fraction`` splits ``X, y`` (and ``mask``) or a map-style ``train_data`` with
+    ``gen`` (identically seeded on every rank); it is ignored for DataLoaders and
+    IterableDatasets. With ``members > 1``, in-memory training rows come in one independent
+    order per member (``(M, B, ...)`` batches); other sources give every member the same
+    ``(B, ...)`` batch. A mask makes every batch an ``(x, y, mask)`` triple.
     """
     if train_data is not None and (X is not None or y is not None):
         raise ValueError("pass either X and y or train_data, not both")
     if train_data is None and X is None and y is None:
         raise ValueError("no training data: pass X and y, or train_data")
+    if mask is not None and train_data is not None:
+        raise ValueError(
+            "mask goes with X and y; a train_data Dataset or DataLoader yields "
+            "(x, y, mask) triples instead"
+        )
     val: Source | None = None
     if isinstance(val_data, (tuple, list)):
-        if len(val_data) != 2:
+        if len(val_data) not in (2, 3):
             raise ValueError(
-                f"val_data as a tuple must be (X_val, y_val), got {len(val_data)} items"
+                "val_data as a tuple must be (X_val, y_val) or (X_val, y_val, mask_val), got "
+                f"{len(val_data)} items"
             )
-        Xv, yv = prepare_xy(val_data[0], val_data[1], dtype, names=("val_data[0]", "val_data[1]"))
-        val = _tensor_source(Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val_data")
+        Xv, yv, mv = prepare_xy(
+            val_data[0],
+            val_data[1],
+            dtype,
+            mask=val_data[2] if len(val_data) == 3 else None,
+            names=("val_data[0]", "val_data[1]"),
+            mask_name="val_data[2]",
+        )
+        val = _tensor_source(Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val_data", mask=mv)
     elif isinstance(val_data, DataLoader):
         val = Source(loader=val_data, name="val_data")
     elif isinstance(val_data, Dataset):
@@ -327,14 +405,21 @@ def build_sources(
         )
 
     if train_data is None:
-        Xt, yt = prepare_xy(X, y, dtype)
+        Xt, yt, mt = prepare_xy(X, y, dtype, mask=mask)
         if val is None and val_fraction > 0:
             n_val = _n_val(val_fraction, Xt.shape[0])
             perm = torch.randperm(Xt.shape[0], generator=gen)
             Xv, yv = Xt[perm[:n_val]], yt[perm[:n_val]]
             Xt, yt = Xt[perm[n_val:]], yt[perm[n_val:]]
-            val = _tensor_source(Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val split")
-        train = _tensor_source(Xt, yt, batch, ctx, device, train=True, name="X, y", members=members)
+            mv = None
+            if mt is not None:
+                mv, mt = mt[perm[:n_val]], mt[perm[n_val:]]
+            val = _tensor_source(
+                Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val split", mask=mv
+            )
+        train = _tensor_source(
+            Xt, yt, batch, ctx, device, train=True, name="X, y", members=members, mask=mt
+        )
         return train, val
 
     if isinstance(train_data, DataLoader):

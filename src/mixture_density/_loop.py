@@ -34,7 +34,7 @@ from torch import nn
 from . import _checkpoint as _ckpt
 from . import _distributed as _dist
 from ._data import Source, build_sources
-from ._loss import FallbackLoss, LossModule
+from ._loss import FallbackLoss, LossModule, masked_sums
 from ._options import (
     LR_FACTOR,
     MIN_LR_FACTOR,
@@ -86,7 +86,7 @@ class Trainer:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     # -- set-up ---------------------------------------------------------------------------
-    def run(self, X: Any, y: Any, train_data: Any, val_data: Any) -> FitResult:
+    def run(self, X: Any, y: Any, train_data: Any, val_data: Any, mask: Any = None) -> FitResult:
         opts, ctx = self.opts, self.ctx
         model = self.model.to(self.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -134,6 +134,7 @@ class Trainer:
             self.dtype,
             self.device,
             members=self.members,
+            mask=mask,
         )
         self.opt = _adamw(self.params, opts.lr, opts.weight_decay, self.device)
         self.sched: Any = None
@@ -233,10 +234,14 @@ class Trainer:
         return xb, yb
 
     def _row_sums(self, nll: torch.Tensor, rows: int) -> torch.Tensor:
-        """(M,) float64 summed NLL of each member over a minibatch of ``rows`` rows."""
+        """(M,) float64 summed NLL of each member over a minibatch of ``rows`` entries."""
         if nll.ndim == 0:  # a loss already reduced to its mean counts as that for each row
             return (nll.detach() * rows).to(torch.float64).reshape(1)
         return nll.detach().reshape(self.members, -1).sum(1).to(torch.float64)
+
+    def _entries(self, nll: torch.Tensor, rows: int) -> int:
+        """Entries per member that ``nll`` scores: rows, or (row, step) pairs of sequences."""
+        return nll.numel() // self.members if nll.ndim else rows
 
     def _train_epoch(self, epoch: int) -> tuple[list[float], bool]:
         """Returns (mean train NLL of each member, whether the non-finite limit was hit).
@@ -254,14 +259,26 @@ class Trainer:
         # Ranks with fewer batches shadow DDP's all-reduces instead of hanging (uneven inputs).
         join = self.ddp.join() if uneven else contextlib.nullcontext()
         with join:
-            for xb, yb in self.train.batches(self.gen, epoch):
+            for xb, yb, *rest in self.train.batches(self.gen, epoch):
                 xb, yb = self._to_device(xb, yb)
+                mb = rest[0].to(self.device, non_blocking=True) if rest else None
                 if self.opts.noise_regularization is not None:
                     xb, yb = self._add_noise(xb, yb)
                 for p in self.params:  # opt.zero_grad(set_to_none=True) minus its profiler hooks
                     p.grad = None
-                nll = self.train_loss(xb, yb)  # (B,), (M, B) or a mean already
-                member_loss = nll.reshape(M, -1).mean(1)  # (M,)
+                if mb is None:
+                    nll = self.train_loss(xb, yb)  # (B,), (M, B), (B, T) or a mean already
+                    member_loss = nll.reshape(M, -1).mean(1)  # (M,)
+                else:  # the mean over the observed (row, step) entries
+                    nll = self.train_loss(xb, yb, mb)  # (B, T) or (M, B, T)
+                    obs_sums, obs_counts = masked_sums(nll, mb, M)  # (M,), (M,)
+                    denom = obs_counts
+                    if self.ddp is not None and not uneven:
+                        # DDP averages the ranks' gradients: dividing by the ranks' mean count
+                        # makes the step that of the masked mean over the global minibatch.
+                        per_rank = _dist.all_sum(self.ctx, obs_counts.tolist(), self._cdev)
+                        denom = obs_counts.new_tensor(per_rank) / self.ctx.world_size
+                    member_loss = obs_sums / denom.clamp_min(1.0)
                 loss = member_loss.sum()  # each member's gradient is its own
                 if self.ddp is not None:  # a non-finite loss on any rank: NaN gradients on all
                     guard = torch.where(torch.isfinite(loss.detach()), 1.0, math.nan)
@@ -288,19 +305,25 @@ class Trainer:
                     self.opt.step()
                 if streak >= self.opts.max_nonfinite_batches:
                     return (total / count).tolist(), True
-                rows = nll.shape[-1] if M > 1 else xb.shape[0]
+                if mb is None:
+                    rows: Any = self._entries(nll, xb.shape[0])
+                    sums = self._row_sums(nll, rows)
+                else:
+                    sums = obs_sums.detach().to(torch.float64)
+                    rows = obs_counts.to(torch.float64)
                 if n_finite == M:
-                    total += self._row_sums(nll, rows)
+                    total += sums
                     count += rows
                 else:
-                    total += torch.where(finite, self._row_sums(nll, rows), 0.0)
-                    count += finite * float(rows)
+                    total += torch.where(finite, sums, 0.0)
+                    count += finite * rows
         sums = _dist.all_sum(self.ctx, [*total.tolist(), *count.tolist()], self._cdev)
         return [s / c if c else math.nan for s, c in zip(sums[:M], sums[M:])], False
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, list[float]]:
-        """(NLL of the combined mixture, NLL of each member), per validation row."""
+        """(NLL of the combined mixture, NLL of each member), per validation row (per
+        observed entry with a mask)."""
         M = self.members
         if self.val is None:
             return math.nan, [math.nan] * M
@@ -308,17 +331,24 @@ class Trainer:
         mix = torch.zeros((), dtype=torch.float64, device=self.device)
         members = torch.zeros(M, dtype=torch.float64, device=self.device)
         count = 0
-        for xb, yb in self.val.batches(self.gen, 0):
+        for xb, yb, *rest in self.val.batches(self.gen, 0):
             xb, yb = self._to_device(xb, yb)
-            nll = self.eval_loss(xb, yb)  # (B,) or (M, B); inputs are shared by the members
-            rows = xb.shape[0]
-            member_sums = self._row_sums(nll, rows)
+            mb = rest[0].to(self.device, non_blocking=True) if rest else None
+            if mb is None:
+                nll = self.eval_loss(xb, yb)  # (B,) or (M, B); inputs are shared by the members
+                rows = self._entries(nll, xb.shape[0])
+                member_sums = self._row_sums(nll, rows)
+            else:  # sums and counts over the observed (row, step) entries
+                nll = self.eval_loss(xb, yb, mb)  # (B, T) or (M, B, T)
+                sums, counts = masked_sums(nll.to(torch.float64), mb, M)
+                member_sums, rows = sums, int(counts[0])
             members += member_sums
             if M == 1:
                 mix += member_sums[0]
-            else:  # -log of the mean member density, row by row
-                lp = -nll.to(torch.float64)  # (M, B)
-                mix -= (torch.logsumexp(lp, 0) - math.log(M)).sum()
+            else:  # -log of the mean member density, entry by entry
+                lp = -nll.to(torch.float64)  # (M, B, ...)
+                mix_nll = -(torch.logsumexp(lp, 0) - math.log(M))  # (B, ...)
+                mix += mix_nll.sum() if mb is None else masked_sums(mix_nll, mb, 1)[0][0]
             count += rows
         sums = _dist.all_sum(self.ctx, [float(mix), *members.tolist(), float(count)], self._cdev)
         c = sums[-1]

@@ -1,8 +1,9 @@
 """Maximum-likelihood training loop for conditional density models.
 
-:func:`fit` trains any ``nn.Module`` whose ``forward(x)`` returns a
-``torch.distributions.Distribution`` (or that has ``loss(x, y) -> (B,)`` negative
-log-likelihoods), such as :class:`~mixture_density.nn.MixtureDensityNetwork`, with AdamW,
+:func:`fit` trains any ``nn.Module`` that has ``loss(x, y[, mask])`` returning the negative
+log-likelihood of every entry (preferred when present), or whose ``forward(x)`` returns a
+``torch.distributions.Distribution``, such as :class:`~mixture_density.nn.MixtureDensityNetwork`
+and the sequence model :class:`~mixture_density.rnn.MixtureDensityRNN`, with AdamW,
 early stopping on validation NLL, atomic checkpoints with exact resume, noise regularization,
 mixed precision, ``torch.compile`` and DistributedDataParallel. The same loop trains a batched
 ensemble (a model with ``n_members``, see ``_ensemble.StackedMDN``).
@@ -44,6 +45,7 @@ def fit(
     model: nn.Module,
     X: Any = None,
     y: Any = None,
+    mask: Any = None,
     *,
     train_data: Any = None,
     val_data: Any = None,
@@ -70,22 +72,36 @@ def fit(
 ) -> FitResult:
     """Trains ``model`` by minimizing the mean negative log-likelihood; in place.
 
-    The loss of a minibatch is ``model.loss(xb, yb).mean()`` when the model has ``loss``,
-    otherwise ``-model(xb).log_prob(yb).mean()``, with ``xb (B, ...)`` and ``yb (B, D)``.
-    On return the model holds the weights with the best validation NLL (or, without
-    validation data, those of the last epoch with a finite training loss), stays on the
-    training device, and has its original train/eval mode.
+    The loss of a minibatch is the mean NLL of its entries: ``model.loss(xb, yb).mean()``
+    when the model has ``loss``, otherwise ``-model(xb).log_prob(yb).mean()``, with
+    ``xb (B, ...)`` and ``yb (B, D)`` (sequences: ``(B, T, d)`` and ``(B, T, D)``, one entry
+    per row and time step). With a ``mask``, the loss is the mean over the observed (row,
+    step) entries only, and the model is asked for ``loss(xb, yb, mb)`` if its ``loss``
+    takes a third argument (a model whose ``forward`` returns more than a distribution,
+    such as an RNN's ``(mixture, state)``, must have ``loss``). On return the model holds the
+    weights with the best validation NLL (or, without validation data, those of the last
+    epoch with a finite training loss), stays on the training device, and has its original
+    train/eval mode.
 
     Args:
         model: the conditional density model.
-        X: inputs ``(n, d)`` or ``(n,)`` (numpy or tensor); use with ``y``. Inputs and targets
-            are assumed standardized (:class:`~mixture_density.MDNRegressor` does this).
-        y: targets ``(n, D)`` or ``(n,)``.
+        X: inputs ``(n, d)`` or ``(n,)``, or sequences ``(n, T, d)`` (numpy or tensor); use
+            with ``y``. Inputs and targets are assumed standardized
+            (:class:`~mixture_density.MDNRegressor` does this).
+        y: targets ``(n, D)`` or ``(n,)``, or sequences ``(n, T, D)``.
+        mask: None (every entry observed) or ``(n, T)`` bool: which (row, step) entries of
+            ``y`` are observed (padding of sequences of different lengths, missing values).
+            ``y`` may then be ``(n, T)`` for one output, and hold anything (NaN included)
+            where the mask is False; those entries are set to 0 and never scored. Training and
+            validation NLLs in the history are per observed entry. A row without an observed
+            entry adds nothing.
         train_data: instead of ``X, y``: a ``DataLoader`` (used as is), a map-style
-            ``Dataset`` or an ``IterableDataset`` (e.g. ``CSVChunkDataset``) of ``(x, y)``.
-        val_data: ``(X_val, y_val)``, a ``Dataset`` or a ``DataLoader``. Without it, a
-            random ``val_fraction`` of ``X, y`` (or of a map-style ``train_data``) is held out;
-            a ``DataLoader``/``IterableDataset`` gets no validation.
+            ``Dataset`` or an ``IterableDataset`` (e.g. ``CSVChunkDataset``) of ``(x, y)``
+            pairs or ``(x, y, mask)`` triples.
+        val_data: ``(X_val, y_val)``, ``(X_val, y_val, mask_val)``, a ``Dataset`` or a
+            ``DataLoader``. Without it, a random ``val_fraction`` of the rows of ``X, y`` (and
+            ``mask``), or of a map-style ``train_data``, is held out; a
+            ``DataLoader``/``IterableDataset`` gets no validation.
         val_fraction: share held out for validation; 0 disables validation, early stopping
             and best-weight selection (the last good weights are kept).
         epochs: maximum number of passes over the training data.
@@ -196,7 +212,7 @@ def fit(
             torch.cuda.set_device(dev)
         fork_devices = [dev.index or 0] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
-            result: FitResult = Trainer(model, dev, ctx, opts).run(X, y, train_data, val_data)
+            result: FitResult = Trainer(model, dev, ctx, opts).run(X, y, train_data, val_data, mask)
             return result
     except RuntimeError as exc:
         if not ctx.enabled:

@@ -1,0 +1,246 @@
+"""A recurrent mixture density network: an LSTM or GRU followed by a mixture density head.
+
+``MixtureDensityRNN`` models a sequence one step at a time, ``p(y_t | x_1, ..., x_t)``, as a
+Gaussian mixture whose parameters are read off the recurrent state (Graves, 2013,
+"Generating sequences with recurrent neural networks"; sketch-rnn, Ha & Eck, 2017; the
+MDN-RNN of world models, Ha & Schmidhuber, 2018). ``forward`` returns the mixture of every
+step together with the final recurrent state, so that a caller can continue a sequence;
+``loss`` returns the negative log-likelihood of every (row, step) entry, which
+:func:`mixture_density.training.fit` averages over the observed entries of a ``mask``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from .distribution import GaussianMixture
+from .nn import MixtureDensityHead, _check_int
+from .noise import NoiseType
+
+__all__ = ["MixtureDensityRNN", "RNNState"]
+
+#: The recurrent state: ``h (layers, B, H)`` for a GRU, ``(h, c)`` for an LSTM.
+RNNState = Union[Tensor, tuple[Tensor, Tensor]]
+
+_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class MixtureDensityRNN(nn.Module):
+    """``nn.LSTM`` or ``nn.GRU`` (``batch_first``) followed by a :class:`MixtureDensityHead`.
+
+    Step ``t`` of a sequence ``x (B, T, dim_in)`` gives the mixture ``p(y_t | x_1..t)`` from
+    the top layer's hidden state ``h_t``. For autoregressive modelling feed the previous
+    target as input, ``x_t = y_{t-1}`` (:meth:`generate` does that when sampling).
+
+    Args:
+        dim_in: size of the last axis of ``x``.
+        dim_out: output dimension ``D``.
+        n_components: number of mixture components ``K``.
+        hidden_dim: units of the recurrent state.
+        n_layers: stacked recurrent layers.
+        cell: ``"lstm"`` or ``"gru"``.
+        noise_type: a :class:`~mixture_density.noise.NoiseType` or its name.
+        fixed_noise_level: constant standard deviation for ``noise_type="fixed"``.
+        min_scale: floor of every learned standard deviation, in the units of ``y``.
+        dropout: dropout between stacked recurrent layers (``n_layers > 1``).
+
+    Attributes:
+        rnn: the recurrent network.
+        head: the :class:`MixtureDensityHead` applied to every step's hidden state.
+
+    Example:
+        >>> model = MixtureDensityRNN(2, 2, n_components=3, hidden_dim=16)
+        >>> x = torch.randn(4, 10, 2)
+        >>> mixture, state = model(x)
+        >>> mixture.batch_shape, mixture.event_shape
+        (torch.Size([4, 10]), torch.Size([2]))
+        >>> model.loss(x, torch.randn(4, 10, 2)).shape
+        torch.Size([4, 10])
+        >>> model.generate(x[:, :3], n_steps=5, temperature=0.5).shape
+        torch.Size([4, 5, 2])
+    """
+
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        n_components: int,
+        hidden_dim: int = 64,
+        n_layers: int = 1,
+        cell: str = "lstm",
+        noise_type: NoiseType | str = NoiseType.DIAGONAL,
+        fixed_noise_level: float | None = None,
+        min_scale: float = 1e-3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim_in = _check_int("dim_in", dim_in)
+        self.dim_out = _check_int("dim_out", dim_out)
+        self.n_components = _check_int("n_components", n_components)
+        self.hidden_dim = _check_int("hidden_dim", hidden_dim)
+        self.n_layers = _check_int("n_layers", n_layers)
+        if cell not in _CELLS:
+            raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}.")
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}.")
+        self.cell = cell
+        self.noise_type = NoiseType.parse(noise_type)
+        self._config: dict[str, Any] = {
+            "dim_in": self.dim_in,
+            "dim_out": self.dim_out,
+            "n_components": self.n_components,
+            "hidden_dim": self.hidden_dim,
+            "n_layers": self.n_layers,
+            "cell": cell,
+            "noise_type": self.noise_type.value,
+            "fixed_noise_level": None if fixed_noise_level is None else float(fixed_noise_level),
+            "min_scale": float(min_scale),
+            "dropout": float(dropout),
+        }
+        self.rnn = _CELLS[cell](
+            dim_in,
+            hidden_dim,
+            num_layers=n_layers,
+            batch_first=True,
+            dropout=float(dropout) if n_layers > 1 else 0.0,
+        )
+        self.head = MixtureDensityHead(
+            hidden_dim,
+            dim_out,
+            n_components,
+            noise_type=self.noise_type,
+            fixed_noise_level=fixed_noise_level,
+            min_scale=min_scale,
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-serializable dict: ``type(model)(**config)``."""
+        return dict(self._config)
+
+    def _check_x(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
+        if x.dim() != 3 or x.shape[-1] != self.dim_in:
+            raise ValueError(
+                f"x must have shape (batch, steps, dim_in={self.dim_in}), got {tuple(x.shape)}."
+            )
+
+    def forward(self, x: Tensor, state: RNNState | None = None) -> tuple[GaussianMixture, RNNState]:
+        """Mixtures of every step, and the state after the last one.
+
+        Args:
+            x: ``(B, T, dim_in)``.
+            state: the state to start from (``None``: zeros), as returned by an earlier call.
+
+        Returns:
+            ``(mixture, state)``: a ``GaussianMixture`` with ``batch_shape = (B, T)`` and
+            ``event_shape = (dim_out,)``, and the recurrent state after step ``T``.
+        """
+        self._check_x(x)
+        h, state = self.rnn(x, state)  # (B, T, H)
+        return self.head(h), state
+
+    def loss(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Negative log-likelihood of every (row, step) entry.
+
+        Args:
+            x: ``(B, T, dim_in)``.
+            y: ``(B, T, dim_out)``; ``(B, T)`` is accepted when ``dim_out == 1``.
+            mask: None or ``(B, T)`` bool, True where ``y`` is observed. Unobserved entries
+                of ``y`` may hold anything (NaN too): they are replaced by 0 before the
+                density is evaluated and their loss is 0.
+
+        Returns:
+            ``(B, T)``; its mean over the observed entries is the training loss.
+
+        Raises:
+            ValueError: if ``x``, ``y`` or ``mask`` has the wrong shape.
+        """
+        self._check_x(x)
+        steps = tuple(x.shape[:-1])
+        if not isinstance(y, Tensor):
+            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
+        if self.dim_out == 1 and tuple(y.shape) == steps:
+            y = y.unsqueeze(-1)
+        if tuple(y.shape) != (*steps, self.dim_out):
+            raise ValueError(
+                f"y must have shape {(*steps, self.dim_out)} to match x of shape "
+                f"{tuple(x.shape)}, got {tuple(y.shape)}."
+            )
+        mixture, _ = self(x)
+        if mask is None:
+            return -mixture.log_prob(y)
+        if tuple(mask.shape) != steps:
+            raise ValueError(f"mask must have shape {steps}, got {tuple(mask.shape)}.")
+        mask = mask.to(torch.bool)
+        zero = torch.zeros((), dtype=y.dtype, device=y.device)
+        nll = -mixture.log_prob(torch.where(mask.unsqueeze(-1), y, zero))
+        return torch.where(mask, nll, zero)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prefix: Tensor,
+        n_steps: int,
+        *,
+        temperature: float = 1.0,
+        scale_temperature: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continues sequences by sampling, feeding each draw back as the next input.
+
+        Reads ``prefix`` (``x_1..x_T0``), then for ``n_steps`` steps draws ``y_t`` from the
+        mixture :meth:`~mixture_density.GaussianMixture.tempered` by ``temperature`` (and
+        ``scale_temperature``) and uses it as ``x_{t+1}``: the autoregressive setting, which
+        needs ``dim_in == dim_out``. For several sample paths per sequence, repeat the rows
+        of ``prefix``.
+
+        Args:
+            prefix: ``(B, T0, dim_in)`` with ``T0 >= 1``.
+            n_steps: number of steps to draw.
+            temperature: divides the logits (``< 1``: sharper choice of component).
+            scale_temperature: multiplies the covariances (default: ``temperature``).
+            generator: source of randomness (``None``: the global generator).
+
+        Returns:
+            ``(B, n_steps, dim_out)`` draws.
+
+        Raises:
+            ValueError: if ``dim_in != dim_out`` or an argument is invalid.
+        """
+        if self.dim_in != self.dim_out:
+            raise ValueError(
+                "generate feeds each draw back as the next input, which needs dim_in == "
+                f"dim_out; got dim_in={self.dim_in}, dim_out={self.dim_out}."
+            )
+        n_steps = _check_int("n_steps", n_steps)
+        self._check_x(prefix)
+        if prefix.shape[1] < 1:
+            raise ValueError(f"prefix must have at least one step, got {tuple(prefix.shape)}.")
+        h, state = self.rnn(prefix, None)  # (B, T0, H)
+        h = h[:, -1]  # (B, H): the state after the prefix
+        draws = []
+        for step in range(n_steps):
+            mixture = self.head(h)  # batch (B,)
+            y = mixture.tempered(temperature, scale_temperature).sample(generator=generator)
+            draws.append(y)  # (B, D)
+            if step + 1 < n_steps:
+                h, state = self.rnn(y.unsqueeze(1), state)  # (B, 1, H)
+                h = h[:, 0]
+        return torch.stack(draws, dim=1)
+
+    def initialize(self, y: Tensor, mask: Tensor | None = None, **kwargs: Any) -> None:
+        """Start the head from a k-means mixture of the (observed) targets.
+
+        Args:
+            y: ``(B, T, dim_out)`` or ``(n, dim_out)`` targets.
+            mask: None or ``(B, T)`` bool: only the observed entries are clustered.
+            **kwargs: passed to :meth:`MixtureDensityHead.initialize`.
+        """
+        if mask is not None:
+            y = y[mask.to(torch.bool)]
+        self.head.initialize(y.reshape(-1, self.dim_out), **kwargs)
