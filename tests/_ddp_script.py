@@ -3,8 +3,9 @@
 Launched by ``torchrun`` (or by hand with RANK/WORLD_SIZE/MASTER_* set). Usage:
 ``python _ddp_script.py OUT_DIR``. Writes ``OUT_DIR/rank{r}.pt`` (this rank's final weights
 and history, for the test to compare) and, through fit, ``OUT_DIR/ckpt.pt`` (rank 0 only).
-With ``MDN_TEST_KILL_RANK=r`` set, rank ``r`` dies abruptly after epoch 1; with
-``MDN_TEST_STALL_RANK=r`` it freezes there instead (a hung node).
+With ``MDN_TEST_MASK=1`` the data are sequences ``(n, T, 1)`` with a mask of random
+lengths (``masked_data``). With ``MDN_TEST_KILL_RANK=r`` set, rank ``r`` dies abruptly after
+epoch 1; with ``MDN_TEST_STALL_RANK=r`` it freezes there instead (a hung node).
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def data(n: int = 320) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def masked_data(n: int = 320, T: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sequences ``x, y (n, T, 1)`` and a mask ``(n, T)`` of random lengths 1..T."""
+    g = torch.Generator().manual_seed(1)
+    x, y = data(n * T)
+    lengths = torch.randint(1, T + 1, (n,), generator=g)
+    return x.reshape(n, T, 1), y.reshape(n, T, 1), torch.arange(T) < lengths[:, None]
+
+
 def model() -> nn.Module:
     torch.manual_seed(1)
     return Gauss().double()
@@ -68,11 +77,15 @@ def main() -> None:
             time.sleep(600)
 
     m = model()
-    x, y = data()
+    if os.environ.get("MDN_TEST_MASK") == "1":
+        x, y, mask = masked_data()
+    else:
+        (x, y), mask = data(), None
     result = fit(
         m,
         x,
         y,
+        mask,
         checkpoint_path=os.path.join(out, "ckpt.pt"),
         verbose=True,
         callbacks=[maybe_die],

@@ -43,6 +43,30 @@ def _strip(history: list[dict[str, float]]) -> list[dict[str, float]]:
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
+def test_torchrun_two_ranks_masked_sequences(tmp_path: Path) -> None:
+    """With a mask, each rank's loss is divided by the ranks' mean count of observed entries,
+    so that two ranks take the step of the masked mean over the global minibatch."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    cmd += ["2", str(SCRIPT), str(out)]
+    proc = subprocess.run(
+        cmd, env=_env(MDN_TEST_MASK="1"), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    script = _script_module()
+    ref = script.model()
+    x, y, mask = script.masked_data()
+    ref_result = fit(ref, x, y, mask, verbose=False, distributed=False, **script.KWARGS)
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(r0["state"][key], value, rtol=0, atol=1e-10)
+        assert torch.equal(r0["state"][key], r1["state"][key])
+    for a, b in zip(r0["history"], ref_result.history):
+        assert a["val_nll"] == pytest.approx(b["val_nll"], abs=1e-10)
+        assert a["train_nll"] == pytest.approx(b["train_nll"], abs=1e-10)
+
+
 def test_torchrun_two_ranks(tmp_path: Path) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     out.mkdir()

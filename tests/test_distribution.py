@@ -625,6 +625,32 @@ def test_tempered() -> None:
         gm.tempered(0.0)
 
 
+def test_tempered_sampling_matches_sketch_rnn() -> None:
+    """sketch-rnn's sampler (Ha & Eck, 2017: ``adjust_temp`` on the weights, then
+    ``sigma * sqrt(temp)``), written out in numpy: weights ``pi^(1/tau)`` renormalized and
+    standard deviations ``sigma sqrt(tau)``. Our tempered draws have its moments (5 sigma)."""
+    pi = np.array([0.6, 0.3, 0.1])
+    mu = np.array([-2.0, 0.5, 3.0])
+    sigma = np.array([0.4, 1.0, 0.7])
+    tau = 0.6
+    w = np.exp(np.log(pi) / tau - np.max(np.log(pi) / tau))  # adjust_temp
+    w /= w.sum()
+    sd = sigma * np.sqrt(tau)
+    mean = float(w @ mu)
+    var = float(w @ (sd**2 + mu**2)) - mean**2
+    gm = GaussianMixture(
+        torch.tensor(np.log(pi)),
+        torch.tensor(mu)[:, None],
+        scale=torch.tensor(sigma)[:, None],
+    ).tempered(tau)
+    np.testing.assert_allclose(gm.probs.numpy(), w, rtol=1e-12)
+    n = 200_000
+    draws = gm.sample((n,), generator=torch.Generator().manual_seed(0))[:, 0].numpy()
+    assert abs(draws.mean() - mean) < 5 * math.sqrt(var / n)
+    fourth = float(np.mean((draws - draws.mean()) ** 4))
+    assert abs(draws.var() - var) < 5 * math.sqrt((fourth - var**2) / n)
+
+
 def _make_any(noise: str, batch: tuple[int, ...], K: int, D: int) -> GaussianMixture:
     """``make`` plus "packed": precision factors given by their packed entries."""
     if noise != "packed":

@@ -307,15 +307,15 @@ class Trainer:
                     return (total / count).tolist(), True
                 if mb is None:
                     rows: Any = self._entries(nll, xb.shape[0])
-                    sums = self._row_sums(nll, rows)
+                    batch_sums = self._row_sums(nll, rows)
                 else:
-                    sums = obs_sums.detach().to(torch.float64)
+                    batch_sums = obs_sums.detach().to(torch.float64)
                     rows = obs_counts.to(torch.float64)
                 if n_finite == M:
-                    total += sums
+                    total += batch_sums
                     count += rows
                 else:
-                    total += torch.where(finite, sums, 0.0)
+                    total += torch.where(finite, batch_sums, 0.0)
                     count += finite * rows
         sums = _dist.all_sum(self.ctx, [*total.tolist(), *count.tolist()], self._cdev)
         return [s / c if c else math.nan for s, c in zip(sums[:M], sums[M:])], False
@@ -340,8 +340,8 @@ class Trainer:
                 member_sums = self._row_sums(nll, rows)
             else:  # sums and counts over the observed (row, step) entries
                 nll = self.eval_loss(xb, yb, mb)  # (B, T) or (M, B, T)
-                sums, counts = masked_sums(nll.to(torch.float64), mb, M)
-                member_sums, rows = sums, int(counts[0])
+                member_sums, counts = masked_sums(nll.to(torch.float64), mb, M)
+                rows = int(counts[0])
             members += member_sums
             if M == 1:
                 mix += member_sums[0]

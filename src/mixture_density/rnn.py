@@ -11,7 +11,8 @@ step together with the final recurrent state, so that a caller can continue a se
 
 from __future__ import annotations
 
-from typing import Any, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +24,9 @@ from .noise import NoiseType
 __all__ = ["MixtureDensityRNN", "RNNState"]
 
 #: The recurrent state: ``h (layers, B, H)`` for a GRU, ``(h, c)`` for an LSTM.
-RNNState = Union[Tensor, tuple[Tensor, Tensor]]
+RNNState = Tensor | tuple[Tensor, Tensor]
 
-_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+_CELLS: dict[str, Callable[..., nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class MixtureDensityRNN(nn.Module):
