@@ -1,4 +1,4 @@
-"""The ``mdn`` subcommands: fit, predict, evaluate and demo (private; see :mod:`.cli`).
+"""The ``mdn`` subcommands: fit, predict, evaluate, export and demo (private; see :mod:`.cli`).
 
 Each handler takes the parsed arguments and returns an exit status; user errors are raised
 as :class:`~mixture_density._errors.MixtureDensityError` (or ``OSError``/``ValueError``), which
@@ -29,7 +29,7 @@ from ._options import STOP_INTERRUPTED
 if TYPE_CHECKING:
     from .estimator import MDNRegressor
 
-__all__ = ["cmd_demo", "cmd_evaluate", "cmd_fit", "cmd_predict"]
+__all__ = ["cmd_demo", "cmd_evaluate", "cmd_export", "cmd_fit", "cmd_predict"]
 
 #: ``--memory-budget`` counts in MB of 2**20 bytes.
 MIB = 1 << 20
@@ -374,4 +374,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot_reliability(dist, y_t, ax=fig.subplots())
         save_figure(fig, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``mdn export MODEL OUT.onnx``: the model as an ONNX graph (``MDNRegressor.to_onnx``)."""
+    check_output_path(args.out, option="OUT.onnx", suffixes=(".onnx",), inputs=[args.model])
+    model = _load_model(args.model)
+    try:
+        model.to_onnx(args.out, opset=args.opset)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in ("onnx", "onnxscript"):
+            raise
+        raise MixtureDensityError(str(err)) from None
+    from ._onnx import output_names
+
+    outputs = ", ".join(output_names(model.noise_type))
+    print(
+        f"wrote {args.out}: input x (batch, {model.n_features_in_}) float32 -> {outputs} "
+        f"(K'={len(model.models_) * model.n_components}, D={model.n_outputs_}, original units)"
+    )
     return 0

@@ -8,6 +8,7 @@ Usage::
     torchrun --nproc-per-node N -m mixture_density fit ...   (data-parallel, rank 0 writes)
     mdn predict MODEL DATA.csv [--quantiles 0.05 0.5 0.95] [--samples N] [--output OUT.csv]
     mdn evaluate MODEL DATA.csv [--plot calibration.png]
+    mdn export MODEL OUT.onnx [--opset N]
 
 User errors (missing file or column, non-numeric or missing cells, a model that does not fit the
 data, bad arguments) print one line ``mdn: error: ...`` on stderr and exit with status 2. Output
@@ -288,6 +289,20 @@ def _build_parser() -> _Parser:
         "data", metavar="DATA.csv", help="CSV file with feature and target columns"
     )
     evaluate.add_argument("--plot", metavar="FIG.png", help="write a reliability diagram")
+
+    export = sub.add_parser(
+        "export",
+        help="write a model as an ONNX graph (needs the extra 'onnx')",
+        description=(
+            "Write MODEL as an ONNX graph mapping x (batch, features) to the mixture's "
+            "logits, loc and scale (or scale_tril for full covariance), in original units."
+        ),
+    )
+    export.add_argument("model", metavar="MODEL", help="model file written by 'mdn fit'")
+    export.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
+    export.add_argument(
+        "--opset", type=_positive_int, default=None, metavar="N", help="ONNX opset version"
+    )
     return parser
 
 

@@ -410,6 +410,33 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         """
         return load_estimator(cls, path, device)
 
+    def to_onnx(self, path: str | os.PathLike[str], *, opset: int | None = None) -> None:
+        """Write the fitted model as an ONNX graph (for onnxruntime and other runtimes).
+
+        The graph maps ``x (batch, n_features)`` float32, in the original units, to the
+        mixture's parameters in the original units of ``y``: ``logits (batch, K')``
+        (normalized log-weights), ``loc (batch, K', D)`` and ``scale (batch, K', D)``
+        (standard deviations), or ``scale_tril (batch, K', D, D)`` (Cholesky factors of the
+        covariances) for ``noise_type="full"``; ``K' = n_estimators * n_components`` (the
+        members' mixtures concatenated, each weight divided by ``n_estimators``), so
+        ``GaussianMixture(logits, loc, scale=scale)`` rebuilds :meth:`predict_distribution`.
+        The batch axis is dynamic. The file's ``metadata_props`` name the outputs, the noise
+        model, the sizes and the column names. Written atomically. Needs the extra ``onnx``
+        (onnx, onnxscript).
+
+        Args:
+            path: destination, e.g. ``"model.onnx"``.
+            opset: ONNX opset version (default: the exporter's).
+
+        Raises:
+            sklearn.exceptions.NotFittedError: the estimator is not fitted.
+            ModuleNotFoundError: onnx or onnxscript is not installed.
+        """
+        check_is_fitted(self)
+        from ._onnx import export_estimator
+
+        export_estimator(self, path, opset)
+
     # ------------------------------------------------------------------------------------
     # Internals
     # ------------------------------------------------------------------------------------
