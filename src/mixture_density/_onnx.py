@@ -24,6 +24,7 @@ Needs the optional packages ``onnx`` and ``onnxscript`` (torch's exporter), extr
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -38,7 +39,8 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._files import atomic_path
-from .noise import NoiseType, scale_parameters
+from .nn import MixtureDensityNetwork
+from .noise import HeadLayout, NoiseType, scale_parameters
 
 __all__ = ["MixtureParameters", "export_estimator", "output_names"]
 
@@ -70,17 +72,23 @@ class MixtureParameters(nn.Module):
         (torch.Size([3, 4]), torch.Size([3, 4, 1]), torch.Size([3, 4, 1]))
     """
 
+    x_mean: Tensor
+    x_scale: Tensor
+    y_mean: Tensor
+    y_scale: Tensor
+
     def __init__(self, est: Any) -> None:
         super().__init__()
-        import copy
-
-        self.members = nn.ModuleList(
+        members: list[MixtureDensityNetwork] = [
             copy.deepcopy(m).to(device="cpu", dtype=torch.float32).eval() for m in est.models_
-        )
-        head = self.members[0].head
-        self.layout, self.min_scale = head.layout, head.min_scale
-        self.noise_type = head.noise_type
-        self.log_members = math.log(len(self.members))
+        ]
+        self.members = nn.ModuleList(members)
+        self._nets = tuple(members)  # the same modules, typed
+        head = members[0].head
+        self.layout: HeadLayout = head.layout
+        self.min_scale: float = head.min_scale
+        self.noise_type: NoiseType = head.noise_type
+        self.log_members = math.log(len(members))
         for name in ("x_mean", "x_scale", "y_mean", "y_scale"):
             value = torch.as_tensor(getattr(est, f"{name}_"), dtype=torch.float32)
             self.register_buffer(name, value.clone())
@@ -90,7 +98,7 @@ class MixtureParameters(nn.Module):
         D)`` and ``scale (batch, K', D)`` or ``scale_tril (batch, K', D, D)``."""
         xs = (x - self.x_mean) / self.x_scale
         logits_, locs, scales = [], [], []
-        for member in self.members:
+        for member in self._nets:
             raw = member.head.linear(member.backbone(xs))  # (B, n_outputs)
             logits, loc, scale_raw = self.layout.split(raw)  # (B, K), (B, K, D), (B, S)
             logits_.append(torch.log_softmax(logits, -1) - self.log_members)
