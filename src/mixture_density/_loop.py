@@ -34,7 +34,7 @@ from torch import nn
 from . import _checkpoint as _ckpt
 from . import _distributed as _dist
 from ._data import Source, build_sources
-from ._loss import FallbackLoss, LossModule, masked_sums
+from ._loss import FallbackLoss, LossModule, entries, masked_mean, masked_sums
 from ._options import (
     LR_FACTOR,
     MIN_LR_FACTOR,
@@ -239,10 +239,6 @@ class Trainer:
             return (nll.detach() * rows).to(torch.float64).reshape(1)
         return nll.detach().reshape(self.members, -1).sum(1).to(torch.float64)
 
-    def _entries(self, nll: torch.Tensor, rows: int) -> int:
-        """Entries per member that ``nll`` scores: rows, or (row, step) pairs of sequences."""
-        return nll.numel() // self.members if nll.ndim else rows
-
     def _train_epoch(self, epoch: int) -> tuple[list[float], bool]:
         """Returns (mean train NLL of each member, whether the non-finite limit was hit).
 
@@ -271,14 +267,8 @@ class Trainer:
                     member_loss = nll.reshape(M, -1).mean(1)  # (M,)
                 else:  # the mean over the observed (row, step) entries
                     nll = self.train_loss(xb, yb, mb)  # (B, T) or (M, B, T)
-                    obs_sums, obs_counts = masked_sums(nll, mb, M)  # (M,), (M,)
-                    denom = obs_counts
-                    if self.ddp is not None and not uneven:
-                        # DDP averages the ranks' gradients: dividing by the ranks' mean count
-                        # makes the step that of the masked mean over the global minibatch.
-                        per_rank = _dist.all_sum(self.ctx, obs_counts.tolist(), self._cdev)
-                        denom = obs_counts.new_tensor(per_rank) / self.ctx.world_size
-                    member_loss = obs_sums / denom.clamp_min(1.0)
+                    ranks = self.ctx if self.ddp is not None and not uneven else None
+                    member_loss, obs_sums, obs_counts = masked_mean(nll, mb, M, ranks, self._cdev)
                 loss = member_loss.sum()  # each member's gradient is its own
                 if self.ddp is not None:  # a non-finite loss on any rank: NaN gradients on all
                     guard = torch.where(torch.isfinite(loss.detach()), 1.0, math.nan)
@@ -306,7 +296,7 @@ class Trainer:
                 if streak >= self.opts.max_nonfinite_batches:
                     return (total / count).tolist(), True
                 if mb is None:
-                    rows: Any = self._entries(nll, xb.shape[0])
+                    rows: Any = entries(nll, xb.shape[0], M)
                     batch_sums = self._row_sums(nll, rows)
                 else:
                     batch_sums = obs_sums.detach().to(torch.float64)
@@ -336,7 +326,7 @@ class Trainer:
             mb = rest[0].to(self.device, non_blocking=True) if rest else None
             if mb is None:
                 nll = self.eval_loss(xb, yb)  # (B,) or (M, B); inputs are shared by the members
-                rows = self._entries(nll, xb.shape[0])
+                rows = entries(nll, xb.shape[0], M)
                 member_sums = self._row_sums(nll, rows)
             else:  # sums and counts over the observed (row, step) entries
                 nll = self.eval_loss(xb, yb, mb)  # (B, T) or (M, B, T)

@@ -16,7 +16,9 @@ from typing import cast
 import torch
 from torch import nn
 
-__all__ = ["FallbackLoss", "LossModule", "batch_sum", "masked_sums"]
+from . import _distributed as _dist
+
+__all__ = ["FallbackLoss", "LossModule", "batch_sum", "entries", "masked_mean", "masked_sums"]
 
 
 class LossModule(nn.Module):
@@ -135,6 +137,33 @@ def masked_sums(
     sums = torch.where(observed, nll, torch.zeros((), dtype=nll.dtype, device=nll.device))
     counts = observed.reshape(members, -1).sum(1).to(nll.dtype)
     return sums.reshape(members, -1).sum(1), counts
+
+
+def masked_mean(
+    nll: torch.Tensor,
+    mask: torch.Tensor,
+    members: int,
+    ranks: _dist.DistContext | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each member's mean NLL over the observed entries: ``(M,)`` loss, sums and counts.
+
+    With ``ranks`` (DDP, every rank in step), the sums are divided by the ranks' mean count
+    instead of this rank's own: DDP averages the ranks' gradients, so the step is then that of
+    the masked mean over the global minibatch (one all-reduce of ``M`` numbers per step).
+    """
+    sums, counts = masked_sums(nll, mask, members)  # (M,), (M,)
+    denom = counts
+    if ranks is not None:
+        total = _dist.all_sum(ranks, counts.tolist(), device)
+        denom = counts.new_tensor(total) / ranks.world_size
+    return sums / denom.clamp_min(1.0), sums, counts
+
+
+def entries(nll: torch.Tensor, rows: int, members: int) -> int:
+    """Entries per member that ``nll`` scores: its rows, or (row, step) pairs of sequences
+    (``rows`` for a loss already reduced to its mean)."""
+    return nll.numel() // members if nll.ndim else rows
 
 
 def _takes_third_argument(fn: object) -> bool:
