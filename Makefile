@@ -45,6 +45,8 @@ pytest: dev
 bench-smoke: dev
 	$(PY) benchmarks/speed.py --quick
 	$(PY) benchmarks/uci.py --quick
+	$(PY) benchmarks/forecast.py --quick
+	$(PY) benchmarks/onnx_latency.py --quick
 
 test: lint typecheck pytest bench-smoke
 

@@ -6,6 +6,7 @@ Needs the extra ``onnx`` (onnx, onnxscript, onnxruntime); skipped without it.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,14 @@ def test_exported_module_is_the_estimators_distribution() -> None:
     torch.testing.assert_close(logits, ref.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loc, ref.loc, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(tril, ref.scale_tril, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_export_without_the_extra_is_one_line(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _fitted_model_file(tmp_path)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
+    assert main(["export", str(model), str(tmp_path / "out.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'mixture-density[onnx]'" in err
+    assert not (tmp_path / "out.onnx").exists()
