@@ -143,7 +143,8 @@ class FitResult:
     Attributes:
         history: one record per epoch with keys ``epoch`` (1-based), ``train_nll`` (mean
             per-sample NLL over the epoch's minibatches, with noise regularization and dropout
-            active), ``val_nll`` (NaN without validation data), ``lr`` (learning rate used
+            active; per observed (row, step) entry for sequences and with a ``mask``, as is
+            ``val_nll``), ``val_nll`` (NaN without validation data), ``lr`` (learning rate used
             during the epoch) and ``seconds`` (wall time). For a batched ensemble of ``M``
             members, ``train_nll`` is the mean over the members, ``val_nll`` is the NLL of
             their combined mixture, and ``members_train_nll`` / ``members_val_nll`` list each
