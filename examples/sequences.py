@@ -10,7 +10,8 @@ sequence's end is marked by the ``mask`` given to ``fit``, so it is never scored
 
 The figure shows training sequences, draws from the predictive distribution after one and
 after three points of a new sequence, and continuations drawn by ``MixtureDensityRNN.generate`` at
-temperature 1 and 0.2 (``GaussianMixture.tempered``: logits / tau, sigma * sqrt(tau)).
+temperature 1 and 0.2 (``pi_temperature = scale_temperature = tau``: logits / tau,
+sigma * sqrt(tau), as ``GaussianMixture.tempered``).
 
 Run: ``python examples/sequences.py [--out examples/figures/sequences.png]`` (about 30 s;
 ``MIXTURE_DENSITY_QUICK=1``: a few seconds, a rough fit).
@@ -93,9 +94,14 @@ def main() -> None:
     axes[1].set_title("next point: two modes, then one")
 
     generator = torch.Generator().manual_seed(args.seed)
-    prefix = new[:, :3].expand(12, 3, 2)
+    with torch.no_grad():  # the state after the first two points; the third is y0
+        _, (h, c) = model(new[:, :2])
+    state = (h.expand(-1, 12, -1).contiguous(), c.expand(-1, 12, -1).contiguous())
+    y0 = new[:, 2].expand(12, 2)  # 12 paths from the same prefix
     for tau, color in ((1.0, "tab:orange"), (0.2, "tab:green")):
-        paths = model.generate(prefix, 20, temperature=tau, generator=generator)
+        paths = model.generate(
+            y0, 20, state, pi_temperature=tau, scale_temperature=tau, generator=generator
+        )
         for path in paths.numpy():
             axes[2].plot(path[:, 0], path[:, 1], color=color, lw=0.8, alpha=0.8)
         axes[2].plot([], [], color=color, label=f"temperature {tau:g}")

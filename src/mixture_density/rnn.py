@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .distribution import GaussianMixture
-from .nn import MixtureDensityHead, _check_int
+from .nn import MixtureDensityHead, _check_int, _check_positive_float
 from .noise import NoiseType
 
 __all__ = ["MixtureDensityRNN", "RNNState"]
@@ -60,7 +60,8 @@ class MixtureDensityRNN(nn.Module):
         (torch.Size([4, 10]), torch.Size([2]))
         >>> model.loss(x, torch.randn(4, 10, 2)).shape
         torch.Size([4, 10])
-        >>> model.generate(x[:, :3], n_steps=5, temperature=0.5).shape
+        >>> _, state = model(x[:, :3])  # continue after 3 steps, x_4 = y_3 = x[:, 3]
+        >>> model.generate(x[:, 3], steps=5, state=state, pi_temperature=0.5).shape
         torch.Size([4, 5, 2])
     """
 
@@ -127,7 +128,7 @@ class MixtureDensityRNN(nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
         if x.dim() != 3 or x.shape[-1] != self.dim_in:
             raise ValueError(
-                f"x must have shape (batch, steps, dim_in={self.dim_in}), got {tuple(x.shape)}."
+                f"x must have shape (B, T, dim_in={self.dim_in}), got {tuple(x.shape)}."
             )
 
     def forward(self, x: Tensor, state: RNNState | None = None) -> tuple[GaussianMixture, RNNState]:
@@ -142,6 +143,7 @@ class MixtureDensityRNN(nn.Module):
             ``event_shape = (dim_out,)``, and the recurrent state after step ``T``.
         """
         self._check_x(x)
+        self._check_state(state, x.shape[0])
         h, state = self.rnn(x, state)  # (B, T, H)
         return self.head(h), state
 
@@ -175,8 +177,13 @@ class MixtureDensityRNN(nn.Module):
         mixture, _ = self(x)
         if mask is None:
             return -mixture.log_prob(y)
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}.")
         if tuple(mask.shape) != steps:
-            raise ValueError(f"mask must have shape {steps}, got {tuple(mask.shape)}.")
+            raise ValueError(
+                f"mask must have shape (B, T) = {steps} to match x of shape "
+                f"{tuple(x.shape)}, got {tuple(mask.shape)}."
+            )
         mask = mask.to(torch.bool)
         zero = torch.zeros((), dtype=y.dtype, device=y.device)
         nll = -mixture.log_prob(torch.where(mask.unsqueeze(-1), y, zero))
@@ -185,54 +192,125 @@ class MixtureDensityRNN(nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        prefix: Tensor,
-        n_steps: int,
+        y0: Tensor,
+        steps: int,
+        state: RNNState | None = None,
+        pi_temperature: float = 1.0,
+        scale_temperature: float = 1.0,
+        inputs: Tensor | None = None,
         *,
-        temperature: float = 1.0,
-        scale_temperature: float | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Continues sequences by sampling, feeding each draw back as the next input.
+        """Continues sequences by sampling, each step's draw being the next step's input.
 
-        Reads ``prefix`` (``x_1..x_T0``), then for ``n_steps`` steps draws ``y_t`` from the
-        mixture :meth:`~mixture_density.GaussianMixture.tempered` by ``temperature`` (and
-        ``scale_temperature``) and uses it as ``x_{t+1}``: the autoregressive setting, which
-        needs ``dim_in == dim_out``. For several sample paths per sequence, repeat the rows
-        of ``prefix``.
+        Step ``t = 1..steps`` feeds ``x_t`` to the network (from ``state``) and draws ``y_t``
+        from its mixture :meth:`~mixture_density.GaussianMixture.tempered` by
+        ``(pi_temperature, scale_temperature)``: logits divided by ``pi_temperature``,
+        scales multiplied by ``sqrt(scale_temperature)`` (sketch-rnn, world models). The
+        input is the previous output, ``x_1 = y0`` and ``x_t = y_{t-1}``, when ``dim_in ==
+        dim_out`` (autoregressive); otherwise it is the previous output followed by the
+        exogenous inputs of the step, ``x_t = [y_{t-1}, inputs[:, t - 1]]``.
+
+        To continue observed sequences ``y_1..y_T0`` of a model trained on ``x_t =
+        y_{t-1}``: ``_, state = model(x[:, :T0])`` then ``generate(y[:, T0 - 1], steps,
+        state)``. For several sample paths per sequence, repeat the rows of ``y0`` (and of
+        ``state``, along its batch axis 1).
 
         Args:
-            prefix: ``(B, T0, dim_in)`` with ``T0 >= 1``.
-            n_steps: number of steps to draw.
-            temperature: divides the logits (``< 1``: sharper choice of component).
-            scale_temperature: multiplies the covariances (default: ``temperature``).
+            y0: ``(B, dim_out)``, the output before the first generated step.
+            steps: number of steps to draw, ``>= 1``.
+            state: the recurrent state to start from (``None``: zeros), as returned by
+                :meth:`forward`: ``h (n_layers, B, hidden_dim)`` for a GRU, ``(h, c)`` for an
+                LSTM.
+            pi_temperature: positive; divides the logits (``< 1``: a sharper choice of
+                component, ``-> 0``: the heaviest component).
+            scale_temperature: positive; multiplies each covariance (``< 1``: draws closer to
+                the components' means).
+            inputs: ``(B, steps, dim_in - dim_out)`` exogenous inputs when ``dim_in >
+                dim_out``; must be None when ``dim_in == dim_out``.
             generator: source of randomness (``None``: the global generator).
 
         Returns:
-            ``(B, n_steps, dim_out)`` draws.
+            ``(B, steps, dim_out)`` draws ``y_1..y_steps``.
 
         Raises:
-            ValueError: if ``dim_in != dim_out`` or an argument is invalid.
+            ValueError: if ``y0``, ``state`` or ``inputs`` has the wrong shape, ``steps < 1``,
+                a temperature is not positive, or ``dim_in < dim_out``.
+
+        Example:
+            >>> model = MixtureDensityRNN(3, 2, n_components=2, hidden_dim=8)
+            >>> _, state = model(torch.randn(4, 6, 3))
+            >>> model.generate(torch.zeros(4, 2), 5, state, pi_temperature=0.5,
+            ...                inputs=torch.randn(4, 5, 1)).shape
+            torch.Size([4, 5, 2])
         """
-        if self.dim_in != self.dim_out:
+        steps = _check_int("steps", steps)
+        pi_temperature = _check_positive_float("pi_temperature", pi_temperature)
+        scale_temperature = _check_positive_float("scale_temperature", scale_temperature)
+        if not isinstance(y0, Tensor):
+            raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}.")
+        if y0.dim() != 2 or y0.shape[1] != self.dim_out:
             raise ValueError(
-                "generate feeds each draw back as the next input, which needs dim_in == "
-                f"dim_out; got dim_in={self.dim_in}, dim_out={self.dim_out}."
+                f"y0 must have shape (B, dim_out={self.dim_out}), got {tuple(y0.shape)}."
             )
-        n_steps = _check_int("n_steps", n_steps)
-        self._check_x(prefix)
-        if prefix.shape[1] < 1:
-            raise ValueError(f"prefix must have at least one step, got {tuple(prefix.shape)}.")
-        h, state = self.rnn(prefix, None)  # (B, T0, H)
-        h = h[:, -1]  # (B, H): the state after the prefix
-        draws = []
-        for step in range(n_steps):
-            mixture = self.head(h)  # batch (B,)
-            y = mixture.tempered(temperature, scale_temperature).sample(generator=generator)
-            draws.append(y)  # (B, D)
-            if step + 1 < n_steps:
-                h, state = self.rnn(y.unsqueeze(1), state)  # (B, 1, H)
-                h = h[:, 0]
+        B = y0.shape[0]
+        extra = self._check_inputs(inputs, B, steps)  # (B, steps, dim_in - dim_out) or None
+        self._check_state(state, B)
+        y, draws = y0, []
+        for step in range(steps):
+            x = y if extra is None else torch.cat([y, extra[:, step].to(y.dtype)], -1)
+            h, state = self.rnn(x.unsqueeze(1), state)  # (B, 1, H)
+            mixture = self.head(h[:, 0])  # batch (B,)
+            tempered = mixture.tempered(pi_temperature, scale_temperature)
+            y = tempered.sample(generator=generator)  # (B, D)
+            draws.append(y)
         return torch.stack(draws, dim=1)
+
+    def _check_inputs(self, inputs: Tensor | None, B: int, steps: int) -> Tensor | None:
+        n_extra = self.dim_in - self.dim_out
+        if n_extra < 0:
+            raise ValueError(
+                "generate feeds each step's output back as (part of) the next input, which "
+                f"needs dim_in >= dim_out; got dim_in={self.dim_in}, dim_out={self.dim_out}."
+            )
+        if n_extra == 0:
+            if inputs is not None:
+                raise ValueError(
+                    f"inputs must be None when dim_in == dim_out (= {self.dim_in}): each "
+                    "step's input is the previous output."
+                )
+            return None
+        expected = (B, steps, n_extra)
+        if inputs is None:
+            raise ValueError(
+                f"inputs (B, steps, dim_in - dim_out) = {expected} are required: dim_in="
+                f"{self.dim_in} is the previous output (dim_out={self.dim_out}) followed by "
+                f"{n_extra} exogenous features per step."
+            )
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}.")
+        if tuple(inputs.shape) != expected:
+            raise ValueError(
+                f"inputs must have shape (B, steps, dim_in - dim_out) = {expected}, got "
+                f"{tuple(inputs.shape)}."
+            )
+        return inputs
+
+    def _check_state(self, state: RNNState | None, B: int) -> None:
+        if state is None:
+            return
+        expected = (self.n_layers, B, self.hidden_dim)
+        parts = state if isinstance(state, tuple) else (state,)
+        n_parts = 2 if self.cell == "lstm" else 1
+        form = "(h, c)" if n_parts == 2 else "h"
+        if len(parts) != n_parts or any(
+            not isinstance(p, Tensor) or tuple(p.shape) != expected for p in parts
+        ):
+            shapes = [tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__ for p in parts]
+            raise ValueError(
+                f"state must be {form} of shape (n_layers, B, hidden_dim) = {expected} for "
+                f"this {self.cell.upper()}, got {shapes}."
+            )
 
     def initialize(self, y: Tensor, mask: Tensor | None = None, **kwargs: Any) -> None:
         """Start the head from a k-means mixture of the (observed) targets.
