@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mixture_density import GaussianMixture, MDNRegressor
-from mixture_density._onnx import MixtureParameters, covariance_tril
+from mixture_density._onnx import MixtureOutputs, MixtureParameters, covariance_tril
 from mixture_density.cli import main
 
 sklearn_exceptions = pytest.importorskip("sklearn.exceptions")
@@ -160,14 +160,15 @@ def test_cli_export_errors_are_one_line_and_leave_no_file(
 
 
 def test_exported_module_is_the_estimators_distribution() -> None:
-    """Before any ONNX: the wrapped module's tensors equal predict_distribution's mixture."""
+    """Before any ONNX: the graph's module gives predict_distribution's tensors."""
     X, Y = _data(2, n=150)
     est = MDNRegressor(
         n_components=2, hidden_dims=(8,), noise_type="full", n_estimators=2, epochs=3,
         random_state=0,
     ).fit(X, Y)  # fmt: skip
+    module = MixtureOutputs(MixtureParameters(est)).eval()
     with torch.no_grad():
-        logits, loc, tril = MixtureParameters(est)(torch.as_tensor(X[:20], dtype=torch.float32))
+        logits, loc, tril = module(torch.as_tensor(X[:20], dtype=torch.float32))
     ref = est.predict_distribution(X[:20])
     torch.testing.assert_close(logits, ref.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loc, ref.loc, rtol=1e-5, atol=1e-4)

@@ -18,7 +18,7 @@ def test_readme_has_python_examples() -> None:
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples may write files (model.pt)
-    if "onnxruntime" in BLOCKS[index]:  # the ONNX example needs the extra onnx
+    if "onnx" in BLOCKS[index]:  # the ONNX examples need the extra onnx
         for module in ("onnx", "onnxscript", "onnxruntime"):
             pytest.importorskip(module)
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})

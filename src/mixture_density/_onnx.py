@@ -1,22 +1,26 @@
-"""ONNX export of a fitted ``MDNRegressor`` (private; ``MDNRegressor.to_onnx``, ``mdn export``).
+"""ONNX export machinery (private): :func:`mixture_density.export.to_onnx`,
+``MDNRegressor.to_onnx`` and ``mdn export`` all write through :func:`write_onnx`.
 
 A ``torch.distributions`` object cannot cross into ONNX, so the exported graph is
-:class:`MixtureParameters`: a module whose ``forward(x)`` returns the mixture's parameters
-as tensors, in the original units of ``x`` and ``y`` (the estimator's standardization is
-folded in) and with the ensemble's members concatenated into one mixture of ``K' = M * K``
-components (each member's log-weights minus ``log M``):
+:class:`MixtureOutputs`: the module wrapped so that ``forward(x)`` returns the parameters of
+the ``GaussianMixture`` it produced, as tensors:
 
-* ``logits (batch, K')``: normalized log-weights (``logsumexp`` over ``K'`` is 0);
-* ``loc (batch, K', D)``: component means;
-* ``scale (batch, K', D)``: per-dimension standard deviations (``diagonal``, ``isotropic``,
-  ``isotropic_across_clusters`` and ``fixed``: the isotropic ones become per-dimension here
-  because each output has its own standardization scale), or
-* ``scale_tril (batch, K', D, D)``: the lower Cholesky factor of each covariance (``full``).
+* ``logits (*batch, K)``: normalized log-weights (``logsumexp`` over ``K`` is 0);
+* ``loc (*batch, K, D)``: component means;
+* ``scale (*batch, K, D)``: per-dimension standard deviations, for mixtures parameterized by
+  ``scale`` (diagonal, isotropic, shared and fixed noise), or
+* ``scale_tril (*batch, K, D, D)``: the lower Cholesky factor of each covariance, for
+  ``scale_tril`` and ``precision_tril`` mixtures (full covariance).
 
 The network's full-covariance head produces precision factors ``P`` (``Sigma^-1 = P P^T``).
 ONNX has no Cholesky or triangular-solve operator, so the graph computes ``P^-1`` by forward
-substitution and the Cholesky factor of ``Sigma = P^-T P^-1`` column by column, both unrolled
+substitution and the Cholesky factor of ``Sigma = P^-T P^-1`` entry by entry, both unrolled
 over ``D`` (small), in float64 inside the graph. The batch axis is dynamic.
+
+For an estimator, :class:`MixtureParameters` is the module: its networks on standardized
+inputs, the members' mixtures concatenated (``K' = M * K``, each weight divided by ``M``) and
+mapped to the original units of ``y`` by ``GaussianMixture.affine``, as
+``predict_distribution`` does.
 
 Needs the optional packages ``onnx`` and ``onnxscript`` (torch's exporter), extra ``onnx``.
 """
@@ -28,7 +32,6 @@ import copy
 import io
 import json
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -39,24 +42,78 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._files import atomic_path
+from .distribution import GaussianMixture
 from .nn import MixtureDensityNetwork
-from .noise import HeadLayout, NoiseType, scale_parameters
+from .noise import NoiseType
 
-__all__ = ["MixtureParameters", "export_estimator", "output_names"]
+__all__ = [
+    "MixtureOutputs",
+    "MixtureParameters",
+    "covariance_tril",
+    "export_estimator",
+    "output_names",
+    "write_onnx",
+]
 
-#: Metadata key for a transform of the target (bounds, resolution); see
-#: :func:`_target_transform`.
-TARGET_TRANSFORM_KEY = "mixture_density.target_transform"
+
+def output_names(parameterization: str) -> tuple[str, str, str]:
+    """``("logits", "loc", "scale")`` for a ``scale`` mixture, else ``("logits", "loc",
+    "scale_tril")`` (``scale_tril`` and ``precision_tril`` mixtures)."""
+    return "logits", "loc", "scale" if parameterization == "scale" else "scale_tril"
 
 
-def output_names(noise_type: NoiseType | str) -> tuple[str, str, str]:
-    """``("logits", "loc", "scale_tril")`` for ``full``, else ``("logits", "loc", "scale")``."""
-    full = NoiseType.parse(noise_type) is NoiseType.FULL
-    return "logits", "loc", "scale_tril" if full else "scale"
+def mixture_of(output: Any, module: nn.Module) -> GaussianMixture:
+    """The ``GaussianMixture`` a module returned: the output itself, or the first element of a
+    tuple (``MixtureDensityRNN`` returns ``(mixture, state)``)."""
+    first = output[0] if isinstance(output, tuple) and output else output
+    if not isinstance(first, GaussianMixture):
+        raise TypeError(
+            f"module ({type(module).__name__}) must return a GaussianMixture, or a tuple whose "
+            f"first element is one; got {type(output).__name__}"
+            + (f" starting with {type(first).__name__}" if first is not output else "")
+            + "."
+        )
+    return first
+
+
+class MixtureOutputs(nn.Module):
+    """``module`` with its ``GaussianMixture`` output replaced by the mixture's parameters.
+
+    Args:
+        module: ``forward(x)`` returns a ``GaussianMixture`` (or a tuple starting with one).
+
+    Example:
+        >>> net = MixtureDensityNetwork(2, 3, 4, hidden_dims=(8,), noise_type="full")
+        >>> [t.shape for t in MixtureOutputs(net)(torch.zeros(5, 2))]
+        [torch.Size([5, 4]), torch.Size([5, 4, 3]), torch.Size([5, 4, 3, 3])]
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` -> ``logits (*B, K)``, ``loc (*B, K, D)`` and ``scale (*B, K, D)`` or
+        ``scale_tril (*B, K, D, D)``."""
+        mixture = mixture_of(self.module(x), self.module)
+        if mixture.parameterization == "scale":
+            scale = mixture.scale
+            assert scale is not None  # a scale mixture has one
+            spread = scale.expand(mixture.loc.shape)  # isotropic / shared: broadcast
+        elif mixture.parameterization == "scale_tril":
+            spread = mixture.scale_tril
+        else:  # precision_tril: no Cholesky or triangular solve in ONNX
+            spread = covariance_tril(mixture.precision_tril)
+        return mixture.logits, mixture.loc, spread
 
 
 class MixtureParameters(nn.Module):
-    """A fitted estimator's networks as one module returning the mixture's parameters.
+    """A fitted estimator's networks as one module returning its mixture in original units.
+
+    ``forward(x)`` on ``x (batch, n_features)`` in the original units returns the
+    ``GaussianMixture`` of ``MDNRegressor.predict_distribution``: the networks on the
+    standardized inputs, the members concatenated (``K' = M * K``), ``affine`` to the
+    original units of ``y``.
 
     Args:
         est: a fitted ``MDNRegressor``; its networks are copied (float32, CPU, eval mode).
@@ -67,9 +124,8 @@ class MixtureParameters(nn.Module):
         >>> X = np.random.default_rng(0).normal(size=(64, 2)); y = X[:, 0] + 1.0
         >>> est = MDNRegressor(n_components=2, hidden_dims=(8,), n_estimators=2, epochs=2,
         ...                    random_state=0).fit(X, y)
-        >>> logits, loc, scale = MixtureParameters(est)(torch.zeros(3, 2))
-        >>> logits.shape, loc.shape, scale.shape
-        (torch.Size([3, 4]), torch.Size([3, 4, 1]), torch.Size([3, 4, 1]))
+        >>> MixtureParameters(est)(torch.zeros(3, 2)).loc.shape
+        torch.Size([3, 4, 1])
     """
 
     x_mean: Tensor
@@ -84,40 +140,15 @@ class MixtureParameters(nn.Module):
         ]
         self.members = nn.ModuleList(members)
         self._nets = tuple(members)  # the same modules, typed
-        head = members[0].head
-        self.layout: HeadLayout = head.layout
-        self.min_scale: float = head.min_scale
-        self.noise_type: NoiseType = head.noise_type
-        self.log_members = math.log(len(members))
         for name in ("x_mean", "x_scale", "y_mean", "y_scale"):
             value = torch.as_tensor(getattr(est, f"{name}_"), dtype=torch.float32)
             self.register_buffer(name, value.clone())
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``x (batch, n_features)`` float32 -> ``logits (batch, K')``, ``loc (batch, K',
-        D)`` and ``scale (batch, K', D)`` or ``scale_tril (batch, K', D, D)``."""
+    def forward(self, x: Tensor) -> GaussianMixture:
+        """``x (batch, n_features)`` -> the mixture of batch ``(batch,)`` in original units."""
         xs = (x - self.x_mean) / self.x_scale
-        logits_, locs, scales = [], [], []
-        for member in self._nets:
-            raw = member.head.linear(member.backbone(xs))  # (B, n_outputs)
-            logits, loc, scale_raw = self.layout.split(raw)  # (B, K), (B, K, D), (B, S)
-            logits_.append(torch.log_softmax(logits, -1) - self.log_members)
-            locs.append(loc * self.y_scale + self.y_mean)
-            params = scale_parameters(
-                self.noise_type,
-                scale_raw.contiguous(),
-                self.layout.n_components,
-                self.layout.dim_out,
-                self.min_scale,
-                fixed_scale=member.head.fixed_scale,
-            )
-            if self.noise_type is NoiseType.FULL:
-                tril = covariance_tril(params["precision_tril"])  # (B, K, D, D)
-                scales.append(self.y_scale.unsqueeze(-1) * tril)  # diag(s) L
-            else:
-                scale = params["scale"].expand(*loc.shape)  # (B, K, D)
-                scales.append(scale * self.y_scale)
-        return torch.cat(logits_, 1), torch.cat(locs, 1), torch.cat(scales, 1)  # along K
+        mixture = GaussianMixture.cat([net(xs) for net in self._nets], dim="components")
+        return mixture.affine(self.y_scale, self.y_mean)
 
 
 def covariance_tril(precision_tril: Tensor) -> Tensor:
@@ -182,66 +213,53 @@ def sum_terms(terms: list[Tensor]) -> Tensor:
     return total
 
 
-def _target_transform(est: Any) -> str | None:
-    """JSON of the transform between the modelled and the observed target, or None.
+def _target_transform(est: Any) -> Any:
+    """The transform between the modelled and the observed target (JSON-able), or None.
 
     MERGE(target types): the outputs describe the mixture of the standardized target path
     the estimator models. When the estimator gains target transforms (bounds, resolution,
     censoring; ``_targets``), record the transform here (its kind and parameters, as the model
     file records it) so that a consumer of the ONNX file can map the mixture to ``y``.
     """
-    transform = getattr(est, "target_transform_", None)
-    return None if transform is None else json.dumps(transform)
+    return getattr(est, "target_transform_", None)
 
 
-def _metadata(est: Any, names: tuple[str, str, str]) -> dict[str, str]:
+def estimator_metadata(est: Any) -> dict[str, Any]:
+    """What a consumer of an estimator's file needs: noise model, sizes, column names."""
     features = getattr(est, "feature_names_in_", None)
     meta = getattr(est, "metadata_", {}) or {}
     if features is None:
         features = meta.get("features")
-    info: dict[str, Any] = {
-        "producer": "mixture-density",
-        "library_version": __version__,
+    return {
         "kind": "MDNRegressor",
         "noise_type": NoiseType.parse(est.noise_type).value,
-        "n_components": int(est.n_components) * len(est.models_),
         "n_estimators": len(est.models_),
         "n_features": int(est.n_features_in_),
         "n_outputs": int(est.n_outputs_),
-        "inputs": "x",
-        "outputs": list(names),
         "features": None if features is None else [str(f) for f in features],
         "targets": meta.get("targets"),
+        "target_transform": _target_transform(est),
     }
-    props = {f"mixture_density.{k}": json.dumps(v) for k, v in info.items()}
-    transform = _target_transform(est)
-    props[TARGET_TRANSFORM_KEY] = "null" if transform is None else transform
-    return props
 
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """torch's exporter prints progress, logs warnings about optional packages (torchvision)
-    and triggers a deprecation warning of torch's own pytree code, none of which concern this
-    graph: keep the command's output to its line."""
+    and triggers deprecation warnings of torch's own code (pytree, size checks), none of which
+    concern this graph: keep the command's output to its line."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"_check_is_size", category=FutureWarning)
             yield
     finally:
         logger.setLevel(level)
 
 
-def export_estimator(est: Any, path: str | os.PathLike[str], opset: int | None = None) -> None:
-    """Writes ``est`` (fitted) as an ONNX graph to ``path``, atomically.
-
-    Input ``x (batch, n_features)`` float32; outputs as in the module docstring; the
-    metadata (``metadata_props``) name the outputs, the noise model, sizes, column names and
-    the target transform.
-    """
+def _require_onnx() -> Any:
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch's exporter needs it)
@@ -251,31 +269,85 @@ def export_estimator(est: Any, path: str | os.PathLike[str], opset: int | None =
             "pip install 'mixture-density[onnx]'",
             name=err.name,
         ) from err
-    module = MixtureParameters(est).eval()
-    names = output_names(est.noise_type)
-    example = torch.zeros(2, int(est.n_features_in_), dtype=torch.float32)
-    batch = torch.export.Dim("batch")
-    with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            module,
-            (example,),
-            dynamo=True,
-            input_names=["x"],
-            output_names=list(names),
-            dynamic_shapes={"x": {0: batch}},
-            opset_version=opset,
-            verbose=False,
-        )
+    return onnx
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode (dropout off, batch norm frozen), its mode restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def write_onnx(
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    example: Tensor,
+    *,
+    metadata: dict[str, Any] | None = None,
+    opset: int | None = None,
+) -> None:
+    """Traces ``MixtureOutputs(module)`` on ``example`` and writes it to ``path`` atomically.
+
+    Input ``x`` (the example's shape and dtype, axis 0 dynamic, named ``batch``); outputs
+    ``logits, loc, scale | scale_tril``; ``metadata_props`` hold the producer, the output
+    names, ``n_components``, ``dim_out`` and the entries of ``metadata`` (JSON values under
+    ``mixture_density.<key>``).
+    """
+    onnx = _require_onnx()
+    with _eval_mode(module), torch.no_grad():
+        wrapped = MixtureOutputs(module).eval()
+        mixture = mixture_of(module(example), module)  # the eager run names the outputs
+        names = output_names(mixture.parameterization)
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                wrapped,
+                (example,),
+                dynamo=True,
+                input_names=["x"],
+                output_names=list(names),
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                opset_version=opset,
+                verbose=False,
+            )
     if program is None:  # pragma: no cover - the dynamo exporter returns its program
         raise RuntimeError("torch.onnx.export returned no program")
     model = program.model_proto
+    K, D = mixture.n_components, mixture.event_shape[0]
     model.doc_string = (
-        "mixture-density MDNRegressor: p(y | x) = sum_k exp(logits_k) N(y | loc_k, Sigma_k), "
-        f"outputs {', '.join(names)}; in the original units of x and y"
+        "mixture-density: p(y | x) = sum_k exp(logits_k) N(y | loc_k, Sigma_k), outputs "
+        f"{', '.join(names)}"
     )
-    for key, value in _metadata(est, names).items():
+    info: dict[str, Any] = {
+        "producer": "mixture-density",
+        "library_version": __version__,
+        "kind": type(module).__name__,
+        "inputs": "x",
+        "outputs": list(names),
+        "n_components": K,
+        "dim_out": D,
+        **(metadata or {}),
+    }
+    for key, value in info.items():
         entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+        entry.key, entry.value = f"mixture_density.{key}", json.dumps(value)
     onnx.checker.check_model(model)
     with atomic_path(path) as tmp:
         onnx.save(model, os.fspath(tmp))
+
+
+def export_estimator(est: Any, path: str | os.PathLike[str], opset: int | None = None) -> None:
+    """Writes ``est`` (fitted) as an ONNX graph to ``path``, atomically.
+
+    Input ``x (batch, n_features)`` float32 in original units; outputs as in the module
+    docstring, in the original units of ``y``; the metadata (``metadata_props``) name the
+    outputs, the noise model, sizes, column names and the target transform.
+    """
+    _require_onnx()  # before copying the networks
+    example = torch.zeros(2, int(est.n_features_in_), dtype=torch.float32)
+    write_onnx(MixtureParameters(est), path, example, metadata=estimator_metadata(est), opset=opset)

@@ -43,7 +43,7 @@ class MixtureTransforms(Distribution):
         Distribution.__init__(
             self, batch_shape, components.loc.shape[-1:], validate_args=validate_args
         )
-        if self._validate_args:
+        if _validation.checks_values(self._validate_args):
             _validation.check_finite(("logits", logits), ("loc", components.loc))
             components.validate()
         return self

@@ -22,7 +22,9 @@ __all__ = [
     "check_finite",
     "check_joinable",
     "check_value",
+    "checks_values",
     "conditioning_values",
+    "exporting",
     "float_tensors",
     "logits_and_loc",
     "normalize_dims",
@@ -138,6 +140,19 @@ def batch_shape(*shapes: torch.Size, given: Callable[[], str]) -> torch.Size:
         raise ValueError(f"batch shapes do not broadcast: {given()}") from None
 
 
+def checks_values(validate_args: bool | None) -> bool:
+    """Whether to run the value checks: ``validate_args``, except while ``torch.export`` traces
+    a module (as ONNX export does). The checks branch on the data, which a traced graph cannot
+    hold; the exported graph computes the same parameters without them."""
+    return bool(validate_args) and not exporting()
+
+
+def exporting() -> bool:
+    """Whether ``torch.export`` is tracing (ONNX export): no branching on data or sizes."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
 def check_finite(*named: tuple[str, Tensor]) -> None:
     for name, t in named:
         if not all_finite(t):
@@ -231,7 +246,7 @@ def conditioning_values(values: Any, n_dims: int, batch: torch.Size, like: Tenso
 
 def positive(x: Any, like: Tensor, name: str) -> Tensor:
     t = as_tensor_like(x, like, name)
-    if not bool((t > 0).all()):
+    if not exporting() and not bool((t > 0).all()):
         raise ValueError(f"{name} must be positive, got {x}")
     return t
 
@@ -240,7 +255,7 @@ def scale_and_shift(scale: Any, shift: Any, D: int, like: Tensor) -> tuple[Tenso
     """Nonzero ``scale`` and ``shift`` broadcastable to (*batch, D), expanded to (..., D)."""
     s = as_tensor_like(scale, like, "scale")
     t = as_tensor_like(shift, like, "shift")
-    if bool((s == 0).any()):
+    if not exporting() and bool((s == 0).any()):  # a traced graph cannot branch on it
         raise ValueError("scale must be nonzero everywhere (the result would be degenerate)")
     for name, v in (("scale", s), ("shift", t)):
         if v.dim() > 0 and v.shape[-1] not in (1, D):
@@ -260,12 +275,12 @@ def check_joinable(mixtures: Sequence[Any], dim: str) -> None:
     kinds = sorted({m.parameterization for m in mixtures})
     if len(kinds) > 1:
         raise ValueError(f"mixtures must share one parameterization, got {kinds}")
-    keys: set[tuple[Any, ...]]
+    keys: list[tuple[Any, ...]]  # compared, not hashed: traced sizes are unhashable
     if dim == "components":  # equal batch and event shapes
-        keys = {(m.batch_shape, m.event_shape) for m in mixtures}
+        keys = [(m.batch_shape, m.event_shape) for m in mixtures]
     else:  # equal K and shapes but for batch dim 0
-        keys = {(m.batch_shape[1:], m.n_components, m.event_shape) for m in mixtures}
-    if len(keys) > 1 or (dim == "batch" and not mixtures[0].batch_shape):
+        keys = [(m.batch_shape[1:], m.n_components, m.event_shape) for m in mixtures]
+    if any(k != keys[0] for k in keys) or (dim == "batch" and not mixtures[0].batch_shape):
         raise ValueError(
             f"mixtures do not join along {dim}: batch shapes "
             f"{[tuple(m.batch_shape) for m in mixtures]}, K "

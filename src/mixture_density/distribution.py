@@ -162,7 +162,7 @@ class GaussianMixture(MixtureTransforms):
         validate_args: check values (finite parameters, positive scales, triangular
             factors, finite inputs to ``log_prob``) as torch does; ``None`` follows
             :meth:`torch.distributions.Distribution.set_default_validate_args`. Shapes are
-            always checked.
+            always checked; values are not while ``torch.export`` traces (ONNX export).
 
     Raises:
         ValueError: a shape mismatch, not exactly one covariance factor, or (with
@@ -216,7 +216,7 @@ class GaussianMixture(MixtureTransforms):
         self._logits = _math.expand_to(logits, (*batch_shape, K))
         self._components = components(_math.expand_to(loc, (*batch_shape, K, D)), factor)
         super().__init__(batch_shape, torch.Size((D,)), validate_args=validate_args)
-        if self._validate_args:
+        if _validation.checks_values(self._validate_args):
             # The tensors as given, not their expanded views: no repeated work on broadcasts.
             _validation.check_finite(("logits", logits), ("loc", loc))
             components.check_factor(factor)
@@ -269,7 +269,7 @@ class GaussianMixture(MixtureTransforms):
         """(*sample, *batch, D) ``value`` in the mixture dtype (see ``_validation``)."""
         D = self.event_shape[0]
         return _validation.check_value(
-            value, self.batch_shape, D, self._logits, bool(self._validate_args)
+            value, self.batch_shape, D, self._logits, _validation.checks_values(self._validate_args)
         )
 
     # ------------------------------------------------------------------ parameters

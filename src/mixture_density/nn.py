@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mixture_density._activations import resolve_activation
 from mixture_density._kmeans import kmeans
+from mixture_density._validation import exporting
 from mixture_density.distribution import GaussianMixture
 from mixture_density.noise import (
     HeadLayout,
@@ -153,13 +154,11 @@ class MixtureDensityHead(nn.Module):
         # kernels downstream need (softplus on a strided slice is much slower on the CPU),
         # and the backward does not zero-fill the whole output once per slice.
         weight, bias = self.linear.weight, self.linear.bias  # (K + K D + S, H), (K + K D + S,)
-        if (
-            self.noise_type is NoiseType.FULL
-            and self.dim_out > 1
-            and h.numel() > _ONE_GEMM_MAX_INPUTS
-        ):
+        # A traced graph (ONNX export) must hold for every batch size: one path, no guard on it.
+        one_gemm = exporting() or h.numel() <= _ONE_GEMM_MAX_INPUTS
+        if self.noise_type is NoiseType.FULL and self.dim_out > 1 and not one_gemm:
             return self._full_mixture(h, weight, bias)
-        if h.numel() <= _ONE_GEMM_MAX_INPUTS:
+        if one_gemm:
             # Small batches: kernel and autograd-node count dominate, so one GEMM and views
             # (one split: its backward is one concatenation).
             logits, loc, scale_raw = layout.split(F.linear(h, weight, bias))
