@@ -34,7 +34,8 @@ class MixtureDensityRNN(nn.Module):
 
     Step ``t`` of a sequence ``x (B, T, dim_in)`` gives the mixture ``p(y_t | x_1..t)`` from
     the top layer's hidden state ``h_t``. For autoregressive modelling feed the previous
-    target as input, ``x_t = y_{t-1}`` (:meth:`generate` does that when sampling).
+    target as input, ``x_t = y_{t-1}`` (:meth:`generate` does that when sampling), optionally
+    followed by exogenous features (``dim_in > dim_out``).
 
     Args:
         dim_in: size of the last axis of ``x``.
@@ -134,13 +135,20 @@ class MixtureDensityRNN(nn.Module):
     def forward(self, x: Tensor, state: RNNState | None = None) -> tuple[GaussianMixture, RNNState]:
         """Mixtures of every step, and the state after the last one.
 
+        The state carries over: ``model(x[:, :t])`` then ``model(x[:, t:], state)`` gives
+        the mixtures (and final state) of ``model(x)``.
+
         Args:
             x: ``(B, T, dim_in)``.
-            state: the state to start from (``None``: zeros), as returned by an earlier call.
+            state: the state to start from (``None``: zeros), as returned by an earlier call:
+                ``h (n_layers, B, hidden_dim)`` for a GRU, ``(h, c)`` for an LSTM.
 
         Returns:
             ``(mixture, state)``: a ``GaussianMixture`` with ``batch_shape = (B, T)`` and
             ``event_shape = (dim_out,)``, and the recurrent state after step ``T``.
+
+        Raises:
+            ValueError: if ``x`` is not ``(B, T, dim_in)`` or ``state`` does not match it.
         """
         self._check_x(x)
         self._check_state(state, x.shape[0])
