@@ -205,7 +205,10 @@ BAD_INPUT: dict[str, tuple[tuple[int, int], Callable[[MixtureDensityRNN], object
         (2, 2), lambda m: m.generate(torch.zeros(3, 2, 1), 2),
         r"y0 must have shape \(B, dim_out=2\), got \(3, 2, 1\)",
     ),
-    "steps < 1": ((2, 2), lambda m: m.generate(Y2, 0), r"steps must be >= 1, got 0"),
+    "steps < 1": (
+        (2, 2), lambda m: m.generate(Y2, 0),
+        r"steps must be >= 1 \(generate returns \(B, steps, dim_out=2\)\), got 0",
+    ),
     "inputs when autoregressive": (
         (2, 2), lambda m: m.generate(Y2, 2, inputs=torch.zeros(3, 2, 1)),
         r"inputs must be None when dim_in == dim_out",

@@ -254,6 +254,8 @@ def _quiet_exporter() -> Iterator[None]:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
             warnings.filterwarnings("ignore", message=r"_check_is_size", category=FutureWarning)
+            # nn.LSTM/GRU re-point their flat weight list while traced: same parameters.
+            warnings.filterwarnings("ignore", message=r".*were assigned during export")
             yield
     finally:
         logger.setLevel(level)

@@ -222,7 +222,8 @@ class MixtureDensityRNN(nn.Module):
         To continue observed sequences ``y_1..y_T0`` of a model trained on ``x_t =
         y_{t-1}``: ``_, state = model(x[:, :T0])`` then ``generate(y[:, T0 - 1], steps,
         state)``. For several sample paths per sequence, repeat the rows of ``y0`` (and of
-        ``state``, along its batch axis 1).
+        ``state``, along its batch axis 1). The network runs in its current mode: call
+        ``eval()`` first when it has dropout.
 
         Args:
             y0: ``(B, dim_out)``, the output before the first generated step.
@@ -252,6 +253,11 @@ class MixtureDensityRNN(nn.Module):
             ...                inputs=torch.randn(4, 5, 1)).shape
             torch.Size([4, 5, 2])
         """
+        if isinstance(steps, int) and not isinstance(steps, bool) and steps < 1:
+            raise ValueError(
+                f"steps must be >= 1 (generate returns (B, steps, dim_out={self.dim_out})), "
+                f"got {steps}."
+            )
         steps = _check_int("steps", steps)
         pi_temperature = _check_positive_float("pi_temperature", pi_temperature)
         scale_temperature = _check_positive_float("scale_temperature", scale_temperature)
