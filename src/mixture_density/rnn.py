@@ -74,7 +74,7 @@ class MixtureDensityRNN(nn.Module):
         hidden_dim: int = 64,
         n_layers: int = 1,
         cell: str = "lstm",
-        noise_type: NoiseType | str = NoiseType.DIAGONAL,
+        noise_type: NoiseType | str = "diagonal",
         fixed_noise_level: float | None = None,
         min_scale: float = 1e-3,
         dropout: float = 0.0,
