@@ -78,6 +78,7 @@ def _fit(args: argparse.Namespace) -> int:
         noise_type=args.noise,
         n_estimators=args.estimators,
         epochs=args.epochs if args.epochs is not None else DEFAULTS["epochs"],
+        patience=args.patience if args.patience is not None else DEFAULTS["patience"],
         verbose=not args.quiet,
         random_state=args.seed,
     )
@@ -120,6 +121,12 @@ def _fit(args: argparse.Namespace) -> int:
             # trains data-parallel (DDP) over the ranks.
             return model._fit(X, Y, distributed=None) if world > 1 else model.fit(X, Y)
 
+    if is_main:
+        print(
+            f"training on {n_rows} rows ({len(features)} features -> {len(targets)} targets); "
+            "Ctrl-C stops and keeps the best weights so far",
+            flush=True,
+        )
     start = time.perf_counter()
 
     def finish(fitted: MDNRegressor) -> None:

@@ -230,6 +230,13 @@ def _build_parser() -> _Parser:
     fit.add_argument(
         "--epochs", type=_positive_int, default=None, metavar="N", help="maximum epochs"
     )
+    fit.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs without a better validation NLL (default: the estimator's)",
+    )
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
