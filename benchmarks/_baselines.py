@@ -231,7 +231,7 @@ def fit_zuko_gmm(
     """zuko's conditional Gaussian mixture (``zuko.mixtures.GMM``), trained as zuko documents.
 
     ``GMM(features=1, context=d, components=5)`` with zuko's default MLP (two hidden layers of
-    64), diagonal covariance, k-means initialization of the components, Adam on the NLL with
+    64), diagonal covariance, zuko's default initialization, Adam on the NLL with
     minibatches (32 rows below 5000 training rows, else 128), and the weights of the best epoch
     on a 10% validation part (stop after ``patience`` epochs without improvement).
 
@@ -249,12 +249,13 @@ def fit_zuko_gmm(
     y_val = torch.as_tensor(y[val_idx, None], dtype=torch.float32)
     n_fit = len(fit_idx)
     batch_size = batch_size or (32 if n_fit < 5000 else 128)
-    k = max(1, min(components, n_fit - 1))  # zuko's k-means needs more rows than components
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = GMM(features=1, context=X.shape[1], components=k, covariance_type="diagonal")
-        if n_fit > k:
-            model.initialize(y_fit, strategy="kmeans")
+        # zuko's default start (no `initialize`): its k-means start gives a cluster of tied
+        # targets a zero spread, and the NLL is NaN from the first epoch on small data.
+        model = GMM(
+            features=1, context=X.shape[1], components=components, covariance_type="diagonal"
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     best_nll, best_epoch, epoch = math.inf, 0, 0
     best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}

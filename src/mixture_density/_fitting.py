@@ -19,6 +19,7 @@ import torch
 from sklearn.utils import check_random_state
 from torch import Tensor
 
+from ._calibration import PITCalibrator
 from ._csv import MAX_ABS_VALUE
 from ._data import guarded_scale
 from ._ensemble import StackedMDN, member_results
@@ -186,12 +187,15 @@ def set_fitted(
     *,
     val_data: tuple[np.ndarray, np.ndarray] | None = None,
     val_nll: float | None = None,
+    calibrator: PITCalibrator | None = None,
 ) -> None:
     """Sets every fitted attribute; the one place that does (fit, streamed fit, load).
 
     ``val_nll_`` is scored on ``val_data`` (original units) when given, else taken from
-    ``val_nll`` (``None``: no validation, ``nan``).
+    ``val_nll`` (``None``: no validation, ``nan``). ``calibrator_`` is ``calibrator`` (a fit
+    starts uncalibrated; ``MDNRegressor.calibrate`` sets it afterwards).
     """
+    est.calibrator_ = calibrator
     est.n_features_in_ = int(x_stats[0].shape[0])
     est.x_mean_, est.x_scale_ = (np.asarray(v, dtype=np.float64) for v in x_stats)
     est.y_mean_, est.y_scale_ = (np.asarray(v, dtype=np.float64) for v in y_stats)

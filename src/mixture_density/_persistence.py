@@ -18,6 +18,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
+from ._calibration import PITCalibrator
 from ._env import resolve_device
 from ._errors import MixtureDensityError
 from ._fitting import build_network, check_params, set_fitted
@@ -55,6 +56,8 @@ def save_estimator(
         "val_nll": None if math.isnan(est.val_nll_) else est.val_nll_,
         "metadata": dict(metadata) if metadata is not None else {},
     }
+    if getattr(est, "calibrator_", None) is not None:
+        config["calibrator"] = est.calibrator_.to_config()
     if hasattr(est, "feature_names_in_"):
         config["feature_names_in"] = [str(c) for c in est.feature_names_in_]
     tensors = {
@@ -90,6 +93,8 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         y_1d, val_nll = bool(config["y_1d"]), config["val_nll"]
         feature_names = config.get("feature_names_in")
         metadata = dict(config.get("metadata", {}))
+        calibrator = config.get("calibrator")
+        calibrator = None if calibrator is None else PITCalibrator.from_config(calibrator)
     except (KeyError, TypeError, ValueError) as err:
         raise MixtureDensityError(
             f"model file {name} is corrupted: its configuration is incomplete or invalid "
@@ -132,6 +137,7 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         (tensors["y_mean"].numpy(), tensors["y_scale"].numpy()),
         y_1d,
         val_nll=val_nll,
+        calibrator=calibrator,
     )
     if feature_names is not None:
         est.feature_names_in_ = np.asarray(feature_names, dtype=object)

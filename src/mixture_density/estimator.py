@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
         return estimator._validate_data(*args, **kwargs)
 
 
+from ._calibration import MIN_CALIBRATION_ROWS, PITCalibrator, RecalibratedDistribution
 from ._fitting import check_distributable, check_params, fit_arrays
 from ._persistence import load_estimator, save_estimator
 from .distribution import GaussianMixture
@@ -244,7 +245,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     # Prediction
     # ------------------------------------------------------------------------------------
 
-    def predict_distribution(self, X: Any) -> GaussianMixture:
+    def predict_distribution(self, X: Any) -> Any:
         """Conditional distribution of ``y`` given each row of ``X``, in original units.
 
         Args:
@@ -252,11 +253,77 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
 
         Returns:
             A ``GaussianMixture`` with ``batch_shape (n,)``, ``event_shape (D,)`` and
-            ``n_estimators * n_components`` components, on the model's device (float32).
+            ``n_estimators * n_components`` components, on the model's device (float32);
+            after :meth:`calibrate`, that mixture recalibrated (a ``torch.distributions``
+            object with ``log_prob``, ``cdf``, ``icdf``, ``sample`` and ``mean``).
         """
         check_is_fitted(self)
         X = _validate_data(self, X, dtype=np.float64, reset=False)
-        return self._distribution(X)
+        dist = self._distribution(X)
+        calibrator = getattr(self, "calibrator_", None)
+        return dist if calibrator is None else RecalibratedDistribution(dist, calibrator)
+
+    def calibrate(self, X: Any, y: Any) -> MDNRegressor:
+        """Recalibrate the fitted model on held-out rows (quantile recalibration).
+
+        The probability integral transform ``u = F(y | x)`` of new data is uniform for a
+        calibrated forecast. This learns a monotone map ``R`` of ``[0, 1]`` from the PIT
+        values of ``(X, y)`` (rows the model was not trained on) and from then on forecasts
+        ``R(F)``: :meth:`predict_quantiles`, :meth:`predict_interval`, :meth:`log_prob`,
+        :meth:`sample`, :meth:`predict` and :meth:`predict_distribution` use it;
+        :meth:`predict_mode` stays that of the mixture. ``R`` is piecewise linear on a grid
+        of ``clip(sqrt(n), 5, 50)`` steps through the smoothed empirical cdf of the PIT
+        values, so it is strictly increasing and its slope (the density factor) stays
+        between ``a / (n + a)`` and the number of steps. One output only. Calling it again
+        replaces the previous recalibration (it starts from the fitted mixture).
+
+        Args:
+            X: ``(n, n_features)`` array-like, at least 20 rows.
+            y: ``(n,)`` or ``(n, 1)`` targets.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: more than one output, fewer than 20 rows, or rows whose ``y`` has
+                zero density under the fitted model (they are listed).
+
+        Example:
+            >>> import numpy as np
+            >>> rng = np.random.default_rng(0)
+            >>> X = rng.uniform(-1, 1, size=(300, 1))
+            >>> y = X[:, 0] + 0.3 * rng.standard_t(3, size=300)  # heavy tails
+            >>> model = MDNRegressor(n_components=1, hidden_dims=(8,), epochs=30,
+            ...                      random_state=0).fit(X[:200], y[:200])
+            >>> model.calibrate(X[200:], y[200:]).calibrator_.n
+            100
+        """
+        check_is_fitted(self)
+        if self.n_outputs_ != 1:
+            raise ValueError(
+                f"calibrate supports one output; this model has {self.n_outputs_} "
+                "(recalibrate each output's quantiles separately with one model per output)"
+            )
+        X = _validate_data(self, X, dtype=np.float64, reset=False)
+        if X.shape[0] < MIN_CALIBRATION_ROWS:
+            raise ValueError(
+                f"calibrate needs at least {MIN_CALIBRATION_ROWS} rows to learn the PIT "
+                f"distribution, got {X.shape[0]}"
+            )
+        dist = self._distribution(X)
+        Y = self._check_targets(y, X.shape[0])
+        with torch.no_grad():
+            value = torch.as_tensor(Y, dtype=dist.loc.dtype, device=dist.loc.device)
+            log_density = dist.log_prob(value).cpu().double().numpy()
+            pit = dist.cdf(value).cpu().double().numpy()
+        outside = np.flatnonzero(~np.isfinite(log_density))
+        if outside.size:
+            raise ValueError(
+                f"y of rows {outside[:10].tolist()} has zero density under the fitted model "
+                "(outside its support); calibrate on rows the model can score"
+            )
+        self.calibrator_ = PITCalibrator.fit(pit)
+        return self
 
     def predict(self, X: Any) -> np.ndarray:
         """Conditional mean ``E[y | x]`` in original units.
@@ -272,7 +339,9 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
         """
-        return self._output(self.predict_distribution(X).mode)
+        check_is_fitted(self)
+        X = _validate_data(self, X, dtype=np.float64, reset=False)
+        return self._output(self._distribution(X).mode)  # the mixture's, recalibrated or not
 
     def log_prob(self, X: Any, y: Any) -> np.ndarray:
         """Log density ``log p(y_i | x_i)`` per row, in the original units of ``y``.
@@ -287,7 +356,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         dist = self.predict_distribution(X)
         Y = self._check_targets(y, dist.batch_shape[0])
         with torch.no_grad():
-            values = dist.log_prob(torch.as_tensor(Y, dtype=dist.loc.dtype, device=dist.loc.device))
+            values = dist.log_prob(torch.as_tensor(Y, **self._tensor_kwargs()))
         return values.cpu().double().numpy()
 
     def sample(
@@ -314,7 +383,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 draws = dist.sample((int(n_samples),))
             else:
                 seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
-                devices = [dist.loc.device] if dist.loc.device.type == "cuda" else []
+                device = self._tensor_kwargs()["device"]
+                devices = [device] if device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(seed)
                     draws = dist.sample((int(n_samples),))
@@ -341,7 +411,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"q must lie strictly between 0 and 1, got {levels.tolist()}")
         dist = self.predict_distribution(X)
         n = dist.batch_shape[0]
-        qq = torch.as_tensor(levels, dtype=dist.loc.dtype, device=dist.loc.device)
+        qq = torch.as_tensor(levels, **self._tensor_kwargs())
         qq = qq.unsqueeze(-1).expand(len(levels), n)  # (Q, n)
         with torch.no_grad():
             per_dim = [
@@ -427,6 +497,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             scale = torch.as_tensor(self.y_scale_, dtype=dist.loc.dtype, device=device)
             shift = torch.as_tensor(self.y_mean_, dtype=dist.loc.dtype, device=device)
             return dist.affine(scale, shift)
+
+    def _tensor_kwargs(self) -> dict[str, Any]:
+        """``dtype`` and ``device`` of the predicted distributions (those of the networks)."""
+        parameter = next(self.models_[0].parameters())
+        return {"dtype": parameter.dtype, "device": parameter.device}
 
     def _output(self, values: Tensor) -> np.ndarray:
         """``(..., D)`` tensor -> float64 array, dropping ``D`` when ``y`` was 1-D."""
