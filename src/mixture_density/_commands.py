@@ -73,7 +73,7 @@ def _fit(args: argparse.Namespace) -> int:
             "--memory-budget or torchrun"
         )
     model = MDNRegressor(
-        n_components=args.components,
+        n_components=args.components if args.components is not None else DEFAULTS["n_components"],
         hidden_dims=tuple(args.hidden),
         noise_type=args.noise,
         n_estimators=args.estimators,
@@ -143,7 +143,7 @@ def _fit(args: argparse.Namespace) -> int:
         where = f" on {world} processes" if world > 1 else ""
         print(
             f"trained on {n_rows} rows ({len(features)} features -> {len(targets)} targets)"
-            f"{where}, K={args.components}, {args.noise}, {result.epochs_run} epochs "
+            f"{where}, {args.noise}: {fitted.plan_.summary()}; {result.epochs_run} epochs "
             f"({result.stop_reason}) in {seconds:.1f} s"
         )
         if math.isnan(fitted.val_nll_):

@@ -22,6 +22,7 @@ from torch import Tensor
 from ._calibration import PITCalibrator
 from ._csv import MAX_ABS_VALUE
 from ._data import guarded_scale
+from ._defaults import AUTO, Plan, resolve
 from ._ensemble import StackedMDN, member_results
 from ._env import world_size
 from ._errors import MixtureDensityError
@@ -46,10 +47,10 @@ def check_params(est: Any) -> None:
     """Refuses invalid hyperparameters of ``est`` before any data is read."""
     for name in ("n_components", "n_estimators", "epochs", "batch_size", "patience"):
         value = getattr(est, name)
-        if name == "patience" and value is None:
-            continue  # no early stopping
+        if (name == "patience" and value is None) or (isinstance(value, str) and value == AUTO):
+            continue  # no early stopping, or a rule of _defaults
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
     if not 0.0 <= float(est.val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {est.val_fraction!r}")
     if not float(est.min_scale) > 0.0:
@@ -73,26 +74,26 @@ def check_distributable(est: Any) -> None:
         )
 
 
-def training_kwargs(est: Any) -> dict[str, Any]:
-    """The keywords of ``training.fit`` that come from the estimator's parameters."""
+def training_kwargs(est: Any, plan: Plan) -> dict[str, Any]:
+    """The keywords of ``training.fit`` for ``est``'s parameters and its resolved ``plan``."""
     return {
-        "epochs": est.epochs,
-        "batch_size": est.batch_size,
+        "epochs": plan.epochs,
+        "batch_size": plan.batch_size,
         "lr": est.lr,
         "weight_decay": est.weight_decay,
-        "patience": est.patience,
+        "patience": plan.patience,
         "noise_regularization": est.noise_regularization,
         "verbose": bool(est.verbose),
         "device": est.device,
     }
 
 
-def build_network(est: Any, dim_in: int, dim_out: int) -> MixtureDensityNetwork:
-    """An untrained network with the estimator's architecture."""
+def build_network(est: Any, dim_in: int, dim_out: int, n_components: int) -> MixtureDensityNetwork:
+    """An untrained network with the estimator's architecture and ``n_components``."""
     return MixtureDensityNetwork(
         dim_in,
         dim_out,
-        int(est.n_components),
+        int(n_components),
         noise_type=est.noise_type,
         fixed_noise_level=est.fixed_noise_level,
         hidden_dims=tuple(int(h) for h in est.hidden_dims),
@@ -102,15 +103,15 @@ def build_network(est: Any, dim_in: int, dim_out: int) -> MixtureDensityNetwork:
 
 
 def new_network(
-    est: Any, dim_in: int, dim_out: int, y_train: Tensor, seed: int
+    est: Any, dim_in: int, dim_out: int, n_components: int, y_train: Tensor, seed: int
 ) -> MixtureDensityNetwork:
     """A seeded network started from a k-means mixture of ``y_train`` ``(m, D)``."""
     # fork_rng: weight initialization draws from torch's global RNG; seeding it inside a
     # fork keeps the caller's RNG state untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_network(est, dim_in, dim_out)
-        if y_train.shape[0] >= est.n_components:  # k-means needs K rows
+        model = build_network(est, dim_in, dim_out, n_components)
+        if y_train.shape[0] >= n_components:  # k-means needs K rows
             model.initialize(y_train, seed=seed)
     return model
 
@@ -146,13 +147,17 @@ def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None)
         val_rows, train_rows = perm[:n_val], perm[n_val:]
     else:  # too few rows to hold any out: train on everything, no early stopping
         val_rows, train_rows = np.arange(0), np.arange(n)
-    seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=est.n_estimators)]
+    plan = resolve(est, len(train_rows))
+    seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=plan.n_estimators)]
 
     Xs = torch.as_tensor((X - x_stats[0]) / x_stats[1], dtype=torch.float32)
     Ys = torch.as_tensor((Y - y_stats[0]) / y_stats[1], dtype=torch.float32)
     train_data = (Xs[train_rows], Ys[train_rows])
     val_data = (Xs[val_rows], Ys[val_rows]) if len(val_rows) else None
-    members = [new_network(est, X.shape[1], Y.shape[1], train_data[1], s) for s in seeds]
+    members = [
+        new_network(est, X.shape[1], Y.shape[1], k, train_data[1], s)
+        for k, s in zip(plan.member_components, seeds)
+    ]
     # Several networks train at once as one batched model: about the cost of one network on
     # small data (the loop gives each member its own minibatches and gradient).
     model = members[0] if len(members) == 1 else StackedMDN(members)
@@ -165,7 +170,7 @@ def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None)
             val_fraction=0.0,  # the split is ours (shared with val_nll_ below)
             seed=seeds[0],
             distributed=distributed,
-            **training_kwargs(est),
+            **training_kwargs(est, plan),
         )
     results = [result]
     if isinstance(model, StackedMDN):
@@ -174,11 +179,12 @@ def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None)
         members = [m.to(device) for m in members]
         results = member_results(result, len(members))
     val = (X[val_rows], y[val_rows]) if len(val_rows) else None
-    set_fitted(est, members, results, x_stats, y_stats, y_1d, val_data=val)
+    set_fitted(est, plan, members, results, x_stats, y_stats, y_1d, val_data=val)
 
 
 def set_fitted(
     est: Any,
+    plan: Plan,
     models: Sequence[MixtureDensityNetwork],
     results: Sequence[FitResult],
     x_stats: tuple[np.ndarray, np.ndarray],
@@ -196,6 +202,7 @@ def set_fitted(
     starts uncalibrated; ``MDNRegressor.calibrate`` sets it afterwards).
     """
     est.calibrator_ = calibrator
+    est.plan_ = plan
     est.n_features_in_ = int(x_stats[0].shape[0])
     est.x_mean_, est.x_scale_ = (np.asarray(v, dtype=np.float64) for v in x_stats)
     est.y_mean_, est.y_scale_ = (np.asarray(v, dtype=np.float64) for v in y_stats)

@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
 from ._calibration import PITCalibrator
+from ._defaults import Plan, resolve
 from ._env import resolve_device
 from ._errors import MixtureDensityError
 from ._fitting import build_network, check_params, set_fitted
@@ -56,6 +57,7 @@ def save_estimator(
         "val_nll": None if math.isnan(est.val_nll_) else est.val_nll_,
         "metadata": dict(metadata) if metadata is not None else {},
     }
+    config["plan"] = est.plan_.to_config()
     if getattr(est, "calibrator_", None) is not None:
         config["calibrator"] = est.calibrator_.to_config()
     if hasattr(est, "feature_names_in_"):
@@ -95,17 +97,21 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         metadata = dict(config.get("metadata", {}))
         calibrator = config.get("calibrator")
         calibrator = None if calibrator is None else PITCalibrator.from_config(calibrator)
+        # Files from before the plan was recorded hold integer parameters: those are it.
+        plan = Plan.from_config(config["plan"]) if "plan" in config else resolve(est, 1)
+        if len(plan.member_components) < 1:
+            raise ValueError("the plan has no networks")
     except (KeyError, TypeError, ValueError) as err:
         raise MixtureDensityError(
             f"model file {name} is corrupted: its configuration is incomplete or invalid "
             f"({type(err).__name__}: {err}); {_REMEDY}"
         ) from None
-    with torch.device("meta"):
-        reference = build_network(est, n_features, n_outputs).state_dict()
     expected = {key: (n_features,) for key in ("x_mean", "x_scale")}
     expected |= {key: (n_outputs,) for key in ("y_mean", "y_scale")}
-    for i in range(int(est.n_estimators)):
-        expected |= {f"models.{i}.{k}": tuple(v.shape) for k, v in reference.items()}
+    for i, k in enumerate(plan.member_components):
+        with torch.device("meta"):
+            reference = build_network(est, n_features, n_outputs, k).state_dict()
+        expected |= {f"models.{i}.{key}": tuple(v.shape) for key, v in reference.items()}
     found = {key: tuple(t.shape) for key, t in tensors.items()}
     if found != expected:
         wrong = sorted(set(found) ^ set(expected)) or sorted(
@@ -122,15 +128,16 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
             raise
         target = torch.device("cpu")  # documented: the saved device, or cpu without it
     models = []
-    for i in range(int(est.n_estimators)):
+    for i, k in enumerate(plan.member_components):
         prefix = f"models.{i}."
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {key[len(prefix) :]: v for key, v in tensors.items() if key.startswith(prefix)}
         with torch.device("meta"):
-            model = build_network(est, n_features, n_outputs)
+            model = build_network(est, n_features, n_outputs, k)
         model.load_state_dict(state, strict=True, assign=True)
         models.append(model.to(target))
     set_fitted(
         est,
+        plan,
         models,
         results,
         (tensors["x_mean"].numpy(), tensors["x_scale"].numpy()),

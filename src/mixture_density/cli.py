@@ -201,9 +201,10 @@ def _build_parser() -> _Parser:
     fit.add_argument(
         "--components",
         type=_positive_int,
-        default=5,
+        default=None,
         metavar="K",
-        help="mixture components (default: %(default)s)",
+        help="mixture components of every network (default: the estimator's rule in the "
+        "number of rows)",
     )
     fit.add_argument(
         "--noise",
@@ -225,10 +226,14 @@ def _build_parser() -> _Parser:
         type=_positive_int,
         default=None,
         metavar="M",
-        help="ensemble size (default: the estimator's, 5; 1 with --stream or under torchrun)",
+        help="ensemble size (default: the estimator's rule; 1 with --stream or under torchrun)",
     )
     fit.add_argument(
-        "--epochs", type=_positive_int, default=None, metavar="N", help="maximum epochs"
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="maximum epochs (default: the estimator's rule: 200, more on small data)",
     )
     fit.add_argument(
         "--patience",

@@ -45,29 +45,27 @@ from .distribution import GaussianMixture
 
 __all__ = ["DEFAULTS", "MDNRegressor"]
 
-#: Training defaults, in one place so that the benchmarks can tune them. Chosen on the UCI
-#: regression sets (benchmarks/uci.py, paired comparisons on fixed splits; the ablation is in
-#: benchmarks/RESULTS.md), the same for every data set:
+#: Defaults of the parameters that the benchmarks vary. ``"auto"`` resolves from the number of
+#: training rows when the estimator fits (``_defaults``: batch size, the step budget in epochs,
+#: patience, the members and their components; recorded in ``plan_``). The others were chosen
+#: on the UCI regression sets (benchmarks/uci.py; the ablation is in benchmarks/RESULTS.md):
 #:
-#: * ``n_estimators=5``: the averaged density of 5 networks (one mixture of ``5 * K``
-#:   components), trained at once as one batched model (``_ensemble``), so it costs little
-#:   more than one network on small data; the largest single gain (Boston -0.15,
-#:   Concrete -0.18 nats against one network).
 #: * ``lr=1e-2`` (Adam on standardized data) with the plateau schedule: faster than 3e-3 to a
 #:   better optimum before early stopping (Energy -0.5, Yacht -1.0 nats).
 #: * ``noise_regularization=None``: noise helped one set (Energy) and hurt others (Yacht
 #:   +0.5 nats even at std 0.05; ``"auto"`` costs 0.6 nats on Boston and Concrete).
-#: * ``patience=30`` epochs without a better validation NLL of the combined mixture, at
-#:   most ``epochs=200``: the small sets stop by themselves before that, but on wine, whose
-#:   integer targets reward ever sharper components, the validation NLL keeps creeping down
-#:   for 500 epochs (200 halves the time; the test NLL was not worse).
+#: * an ensemble: the averaged density of several networks (one mixture), trained at once as
+#:   one batched model (``_ensemble``), so it costs little more than one network on small
+#:   data; the largest single gain on the UCI sets (Boston -0.15, Concrete -0.18 nats against
+#:   one network).
 DEFAULTS: Mapping[str, Any] = {
-    "n_estimators": 5,
-    "epochs": 200,
-    "batch_size": 128,
+    "n_components": "auto",
+    "n_estimators": "auto",
+    "epochs": "auto",
+    "batch_size": "auto",
     "lr": 1e-2,
     "weight_decay": 0.0,
-    "patience": 30,
+    "patience": "auto",
     "noise_regularization": None,
 }
 
@@ -91,19 +89,25 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     the validation NLL of the combined mixture has not improved for ``patience`` epochs, and
     every member keeps its weights from the epoch of the best combined validation NLL (which
     selects what is used for prediction; on the UCI sets it beat each member keeping its own
-    best epoch, by 0.14 nats on Yacht). With ``n_estimators=1`` the network is trained by
+    best epoch, by 0.14 nats on Yacht). Either way the training loop is
     :func:`mixture_density.training.fit`.
 
+    The parameters set to ``"auto"`` follow the number of training rows ``n`` (rules in
+    ``mixture_density._defaults``): the training budget counts optimizer steps, with smaller
+    batches and more passes on small data, and the ensemble's composition adapts to ``n``.
+    What a fit chose is in ``plan_``.
+
     Args:
-        n_components: Number of mixture components ``K``.
+        n_components: Number of mixture components ``K`` of every network, or ``"auto"``.
         hidden_dims: Widths of the hidden layers.
         noise_type: Component covariance model: ``"full"``, ``"diagonal"``, ``"isotropic"``,
             ``"isotropic_across_clusters"`` or ``"fixed"``.
         activation: Hidden-layer activation name (see ``MixtureDensityNetwork``).
         n_estimators: Number of networks whose densities are averaged (trained as one
-            batched model when above 1).
-        epochs: Maximum number of passes over the training rows.
-        batch_size: Mini-batch size.
+            batched model when above 1), or ``"auto"`` (5).
+        epochs: Maximum number of passes over the training rows, or ``"auto"``: 200, or
+            more when that is under 5,000 optimizer steps.
+        batch_size: Mini-batch size, or ``"auto"``: 16 to 128 rows, growing with ``n``.
         lr: Adam learning rate.
         weight_decay: Weight decay (L2) coefficient.
         noise_regularization: Gaussian noise added to the standardized inputs and targets
@@ -113,20 +117,22 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             ``training.fit``.
         val_fraction: Fraction of the rows held out for early stopping (0 disables it; it is
             also disabled when the fraction would hold out no row).
-        patience: Epochs without a better validation NLL before training stops (``None``:
-            run all ``epochs``; the weights with the best validation NLL are kept either way).
+        patience: Epochs without a better validation NLL before training stops, ``"auto"``
+            (30, or more when that is under 500 optimizer steps), or ``None`` (run all
+            ``epochs``; the weights with the best validation NLL are kept either way).
         min_scale: Floor on every component standard deviation, in units of the
             standardized targets (each target scaled to unit variance).
         fixed_noise_level: Component standard deviation for ``noise_type="fixed"``, in
             standardized target units.
         device: Torch device to train and predict on (``"cpu"``, ``"cuda"``, ``"auto"``).
-        verbose: Show a progress bar during training (one network; the batched ensemble
-            trains silently and records its progress in ``fit_results_``).
+        verbose: Show a progress bar over the epochs during training.
         random_state: Seed (int), ``numpy.random.RandomState`` or ``None`` for the
             initializations, the validation split and the mini-batch order.
 
     Attributes:
-        models_: The trained networks, ``n_estimators`` of them, in evaluation mode.
+        plan_: What the fit used: batch size, epochs, patience, each network's ``K``
+            (:class:`mixture_density._defaults.Plan`).
+        models_: The trained networks, one per member of the plan, in evaluation mode.
         model_: The first (with ``n_estimators=1`` the only) network.
         x_mean_, x_scale_: ``(n_features_in_,)`` standardization of the inputs.
         y_mean_, y_scale_: ``(n_outputs_,)`` standardization of the targets.
@@ -155,18 +161,18 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_components: int = 5,
+        n_components: int | str = DEFAULTS["n_components"],
         hidden_dims: Sequence[int] = (64, 64),
         noise_type: str = "diagonal",
         activation: str = "relu",
-        n_estimators: int = DEFAULTS["n_estimators"],
-        epochs: int = DEFAULTS["epochs"],
-        batch_size: int = DEFAULTS["batch_size"],
+        n_estimators: int | str = DEFAULTS["n_estimators"],
+        epochs: int | str = DEFAULTS["epochs"],
+        batch_size: int | str = DEFAULTS["batch_size"],
         lr: float = DEFAULTS["lr"],
         weight_decay: float = DEFAULTS["weight_decay"],
         noise_regularization: Any = DEFAULTS["noise_regularization"],
         val_fraction: float = 0.1,
-        patience: int | None = DEFAULTS["patience"],
+        patience: int | str | None = DEFAULTS["patience"],
         min_scale: float = 1e-3,
         fixed_noise_level: float | None = None,
         device: str = "cpu",
