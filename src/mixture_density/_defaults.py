@@ -9,9 +9,14 @@ optimizer steps, not epochs, and its model follows the number of training rows `
 * **Epochs** ``max(200, ceil(MAX_STEPS / steps_per_epoch))`` with ``MAX_STEPS = 5000``: at
   least 5,000 optimizer steps on tiny data (an 80-row set would otherwise stop after a
   few hundred), 200 passes once the data are large enough for those to hold more steps.
+* **Learning rate** ``1e-2 * B / 128`` (Adam): the linear scaling of the rate with the batch
+  size (Goyal et al., 2017) from the rate chosen at ``B = 128`` on the UCI sets, so that a
+  smaller, noisier batch takes proportionally smaller steps.
 * **Patience** ``max(30, ceil(PATIENCE_STEPS / steps_per_epoch))`` epochs with
   ``PATIENCE_STEPS = 500``: early stopping waits at least 500 steps, and at least 30 passes.
-* **Members and components.** See :func:`member_components`.
+* **Members and components.** See :func:`member_components`: below 1,000 training rows the
+  default ensemble has single-Gaussian networks next to the 5-component ones, weighted by
+  their validation likelihood.
 
 Each number that a fit resolved is recorded in the estimator's ``plan_`` (a :class:`Plan`)
 and printed by ``mdn fit``. An integer parameter is used as given.
@@ -34,10 +39,14 @@ BATCH_DIVISOR = 16
 MAX_STEPS, MIN_EPOCHS = 5000, 200
 #: Early stopping waits at least this many steps and this many epochs.
 PATIENCE_STEPS, PATIENCE_EPOCHS = 500, 30
+#: The learning rate at the largest batch size; smaller batches scale it down linearly.
+LEARNING_RATE = 1e-2
 #: Components of a member in the default ensemble.
 COMPONENTS = 5
-#: Networks in the default ensemble.
+#: Networks in the default ensemble (of each kind, below ``MIXED_ROWS`` training rows).
 MEMBERS = 5
+#: Below this many training rows the default ensemble mixes single Gaussians in.
+MIXED_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Plan:
     epochs: int
     patience: int | None
     member_components: tuple[int, ...]
+    lr: float = LEARNING_RATE
 
     @property
     def n_estimators(self) -> int:
@@ -79,6 +89,7 @@ class Plan:
             epochs=int(config["epochs"]),
             patience=None if config["patience"] is None else int(config["patience"]),
             member_components=tuple(int(k) for k in config["member_components"]),
+            lr=float(config.get("lr", LEARNING_RATE)),
         )
 
     def summary(self) -> str:
@@ -88,7 +99,8 @@ class Plan:
         patience = "off" if self.patience is None else f"{self.patience} epochs"
         return (
             f"{self.n_estimators} networks (K = {k_text}), batch {self.batch_size}, "
-            f"<= {self.epochs} epochs of {self.steps_per_epoch} steps, patience {patience}"
+            f"lr {self.lr:.3g}, <= {self.epochs} epochs of {self.steps_per_epoch} steps, "
+            f"patience {patience}"
         )
 
 
@@ -103,9 +115,28 @@ def batch_size(n_train: int) -> int:
     return int(min(MAX_BATCH, max(MIN_BATCH, 2 ** math.floor(math.log2(target)))))
 
 
-def member_components(n_train: int, n_members: int, n_components: int) -> tuple[int, ...]:
-    """``K`` of each ensemble member: every member ``n_components``."""
-    return (n_components,) * n_members
+def member_components(n_train: int, n_members: int | None, n_components: int) -> tuple[int, ...]:
+    """``K`` of each ensemble member.
+
+    From ``MIXED_ROWS`` training rows on, every member has ``n_components``. Below, half of
+    the members (rounded down) are single Gaussians: on little data a mixture's narrow
+    components follow single points, while one Gaussian per network cannot show several
+    modes; the average of both kinds hedges, and the fit then weights the two groups by
+    their validation likelihood (``_fitting.group_weights``). ``n_members=None`` (the
+    default ensemble) means ``MEMBERS`` networks of each kind below ``MIXED_ROWS``.
+
+    Example:
+        >>> member_components(100, None, 5), member_components(100, 5, 5)
+        ((1, 1, 1, 1, 1, 5, 5, 5, 5, 5), (1, 1, 5, 5, 5))
+        >>> member_components(5000, None, 5)
+        (5, 5, 5, 5, 5)
+    """
+    if n_train >= MIXED_ROWS or n_components == 1:
+        return (n_components,) * (n_members or MEMBERS)
+    if n_members is None:
+        return (1,) * MEMBERS + (n_components,) * MEMBERS
+    single = n_members // 2
+    return (1,) * single + (n_components,) * (n_members - single)
 
 
 def resolve(est: Any, n_train: int) -> Plan:
@@ -121,9 +152,10 @@ def resolve(est: Any, n_train: int) -> Plan:
         patience: int | None = max(PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps))
     else:
         patience = None if est.patience is None else int(est.patience)
-    members = MEMBERS if est.n_estimators == AUTO else int(est.n_estimators)
+    lr = LEARNING_RATE * batch / MAX_BATCH if est.lr == AUTO else float(est.lr)
+    members = None if est.n_estimators == AUTO else int(est.n_estimators)
     if est.n_components == AUTO:
         components = member_components(n_train, members, COMPONENTS)
     else:
-        components = (int(est.n_components),) * members
-    return Plan(n_train, batch, epochs, patience, components)
+        components = (int(est.n_components),) * (members or MEMBERS)
+    return Plan(n_train, batch, epochs, patience, components, lr)

@@ -31,11 +31,17 @@ from .nn import MixtureDensityNetwork
 from .noise import NoiseType
 from .training import fit as train
 
+#: Symmetric Dirichlet prior of :func:`group_weights`: 2 adds one pseudo-row per group.
+GROUP_PRIOR = 2.0
+#: EM iterations of :func:`group_weights` (it converges in a few dozen).
+GROUP_EM_STEPS = 200
+
 __all__ = [
     "build_network",
     "check_distributable",
     "check_params",
     "fit_arrays",
+    "group_weights",
     "new_network",
     "set_fitted",
     "standardization",
@@ -51,6 +57,8 @@ def check_params(est: Any) -> None:
             continue  # no early stopping, or a rule of _defaults
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
+    if not (est.lr == AUTO or (isinstance(est.lr, (int, float)) and est.lr > 0)):
+        raise ValueError(f"lr must be a positive number or 'auto', got {est.lr!r}")
     if not 0.0 <= float(est.val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {est.val_fraction!r}")
     if not float(est.min_scale) > 0.0:
@@ -79,7 +87,7 @@ def training_kwargs(est: Any, plan: Plan) -> dict[str, Any]:
     return {
         "epochs": plan.epochs,
         "batch_size": plan.batch_size,
-        "lr": est.lr,
+        "lr": plan.lr,
         "weight_decay": est.weight_decay,
         "patience": plan.patience,
         "noise_regularization": est.noise_regularization,
@@ -173,13 +181,53 @@ def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None)
             **training_kwargs(est, plan),
         )
     results = [result]
+    weights = None
     if isinstance(model, StackedMDN):
         model.copy_into(members)
         device = next(model.parameters()).device
         members = [m.to(device) for m in members]
         results = member_results(result, len(members))
+        if val_data is not None and len(set(plan.member_components)) > 1:
+            weights = group_weights(members, plan.member_components, *val_data)
     val = (X[val_rows], y[val_rows]) if len(val_rows) else None
-    set_fitted(est, plan, members, results, x_stats, y_stats, y_1d, val_data=val)
+    set_fitted(est, plan, members, results, x_stats, y_stats, y_1d, val_data=val, weights=weights)
+
+
+def group_weights(
+    members: Sequence[MixtureDensityNetwork], groups: Sequence[int], X: Tensor, Y: Tensor
+) -> tuple[float, ...]:
+    """Weights of the members from the validation likelihood of their groups.
+
+    Members of one group (here: one number of components) share their group's weight
+    equally. The group weights ``w`` maximize ``sum_i log sum_g w_g p_g(y_i | x_i)`` plus a
+    symmetric Dirichlet(``GROUP_PRIOR``) log-prior, by EM, where ``p_g`` is the average
+    density of group ``g``'s members: the stacking of density forecasts (Yao et al., 2018),
+    held near equal weights when there are few validation rows.
+
+    Returns:
+        One weight per member, summing to one.
+    """
+    keys = sorted(set(groups))
+    device = next(members[0].parameters()).device
+    X, Y = X.to(device), Y.to(device)
+    with torch.no_grad():
+        member_lp = torch.stack([m.eval()(X).log_prob(Y).double().cpu() for m in members])
+    index = torch.tensor(groups)
+    group_lp = torch.stack(
+        [
+            torch.logsumexp(member_lp[index == k], 0) - math.log(int((index == k).sum()))
+            for k in keys
+        ]
+    )  # (G, n): log of each group's average density
+    G, n = group_lp.shape
+    log_w = torch.full((G,), -math.log(G), dtype=torch.float64)
+    for _ in range(GROUP_EM_STEPS):
+        resp = torch.softmax(log_w[:, None] + group_lp, 0)  # (G, n)
+        w = (resp.sum(1) + GROUP_PRIOR - 1) / (n + G * (GROUP_PRIOR - 1))
+        log_w = w.clamp_min(torch.finfo(w.dtype).tiny).log()
+    per_group = dict(zip(keys, log_w.exp().tolist()))
+    sizes = {k: groups.count(k) for k in keys}
+    return tuple(per_group[k] / sizes[k] for k in groups)
 
 
 def set_fitted(
@@ -194,15 +242,19 @@ def set_fitted(
     val_data: tuple[np.ndarray, np.ndarray] | None = None,
     val_nll: float | None = None,
     calibrator: PITCalibrator | None = None,
+    weights: Sequence[float] | None = None,
 ) -> None:
     """Sets every fitted attribute; the one place that does (fit, streamed fit, load).
 
     ``val_nll_`` is scored on ``val_data`` (original units) when given, else taken from
     ``val_nll`` (``None``: no validation, ``nan``). ``calibrator_`` is ``calibrator`` (a fit
-    starts uncalibrated; ``MDNRegressor.calibrate`` sets it afterwards).
+    starts uncalibrated; ``MDNRegressor.calibrate`` sets it afterwards); ``member_weights_``
+    are ``weights`` (default: equal).
     """
     est.calibrator_ = calibrator
     est.plan_ = plan
+    n = len(models)
+    est.member_weights_ = tuple(float(w) for w in weights) if weights else (1.0 / n,) * n
     est.n_features_in_ = int(x_stats[0].shape[0])
     est.x_mean_, est.x_scale_ = (np.asarray(v, dtype=np.float64) for v in x_stats)
     est.y_mean_, est.y_scale_ = (np.asarray(v, dtype=np.float64) for v in y_stats)

@@ -58,6 +58,7 @@ def save_estimator(
         "metadata": dict(metadata) if metadata is not None else {},
     }
     config["plan"] = est.plan_.to_config()
+    config["member_weights"] = list(est.member_weights_)
     if getattr(est, "calibrator_", None) is not None:
         config["calibrator"] = est.calibrator_.to_config()
     if hasattr(est, "feature_names_in_"):
@@ -101,6 +102,11 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         plan = Plan.from_config(config["plan"]) if "plan" in config else resolve(est, 1)
         if len(plan.member_components) < 1:
             raise ValueError("the plan has no networks")
+        weights = config.get("member_weights")
+        if weights is not None and (
+            len(weights) != plan.n_estimators or not all(w > 0 for w in weights)
+        ):
+            raise ValueError("member_weights must be one positive weight per network")
     except (KeyError, TypeError, ValueError) as err:
         raise MixtureDensityError(
             f"model file {name} is corrupted: its configuration is incomplete or invalid "
@@ -145,6 +151,7 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         y_1d,
         val_nll=val_nll,
         calibrator=calibrator,
+        weights=weights,
     )
     if feature_names is not None:
         est.feature_names_in_ = np.asarray(feature_names, dtype=object)

@@ -498,7 +498,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         with torch.no_grad():
             for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
                 xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
-                chunks.append(GaussianMixture.cat([m(xb) for m in self.models_], dim="components"))
+                members = [m(xb) for m in self.models_]
+                chunks.append(GaussianMixture.cat(members, "components", self.member_weights_))
             dist = GaussianMixture.cat(chunks, dim="batch")
             scale = torch.as_tensor(self.y_scale_, dtype=dist.loc.dtype, device=device)
             shift = torch.as_tensor(self.y_mean_, dtype=dist.loc.dtype, device=device)
