@@ -6,6 +6,8 @@ every question through one :class:`~mixture_density.GaussianMixture` in the orig
 of ``y``:
 ``predict`` (conditional mean, so ``score`` is the usual R^2), ``predict_distribution``,
 ``log_prob``, ``sample``, ``predict_quantiles``, ``predict_interval`` and ``predict_mode``.
+Targets on a grid, within bounds, censored or partly missing are modelled through ``_targets``
+and ``_likelihood`` (``target_resolution``, ``target_bounds``, ``y_upper``, NaN in ``y``).
 
 scikit-learn is an optional dependency; this module imports it at the top, and the package
 namespace resolves ``MDNRegressor`` lazily, so ``import mixture_density`` does not need it.
@@ -39,7 +41,9 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
 
 
 from ._fitting import check_distributable, check_params, fit_arrays
+from ._likelihood import TargetDistribution
 from ._persistence import load_estimator, save_estimator
+from ._targets import row_list, upper_ends
 from .distribution import GaussianMixture
 
 __all__ = ["DEFAULTS", "MDNRegressor"]
@@ -123,6 +127,14 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             trains silently and records its progress in ``fit_results_``).
         random_state: Seed (int), ``numpy.random.RandomState`` or ``None`` for the
             initializations, the validation split and the mini-batch order.
+        target_resolution: Grid spacing ``h`` of ``y``: ``None`` (continuous), a float, or one
+            per output (``None`` entries continuous). Training and ``log_prob`` use the
+            probability of the bin ``[y - h/2, y + h/2]`` (a log mass, <= 0); samples and
+            quantiles are grid values. Fitting heavily tied ``y`` without it warns.
+        target_bounds: ``(lo, hi)`` for all outputs, or one pair (or ``None``) per output;
+            ``None`` or an infinite end is open. The mixture models ``log(y - lo)``,
+            ``-log(hi - y)`` or ``logit((y - lo) / (hi - lo))``; densities include the
+            Jacobian and are ``-inf`` outside; samples and quantiles stay inside.
 
     Attributes:
         models_: The trained networks, ``n_estimators`` of them, in evaluation mode.
@@ -136,6 +148,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         history_: Per-epoch training history of the first network (a list of dicts).
         val_nll_: Mean held-out negative log-likelihood of the combined model in nats per
             row, in the original units of ``y``; ``nan`` without a validation split.
+        target_transform_: Per output, the map ``g`` and standardization the networks see,
+            ``z = (g(y) - shift) / scale`` (JSON-able dicts; see ``_fitting.set_fitted``).
 
     Example:
         >>> import numpy as np
@@ -171,6 +185,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         device: str = "cpu",
         verbose: bool = False,
         random_state: int | np.random.RandomState | None = None,
+        target_resolution: float | Sequence[float | None] | None = None,
+        target_bounds: Any = None,
     ) -> None:
         self.n_components = n_components
         self.hidden_dims = hidden_dims
@@ -189,6 +205,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
         self.random_state = random_state
+        self.target_resolution = target_resolution
+        self.target_bounds = target_bounds
 
     # ------------------------------------------------------------------------------------
     # scikit-learn plumbing
@@ -207,13 +225,17 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     # Fitting
     # ------------------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any) -> MDNRegressor:
+    def fit(self, X: Any, y: Any, y_upper: Any = None) -> MDNRegressor:
         """Train the network(s) on ``X`` and ``y``.
 
         Args:
             X: ``(n, n_features)`` array-like of inputs.
             y: ``(n,)`` or ``(n, D)`` array-like of targets. With ``(n,)``, predictions
-                drop the output axis (``predict`` returns ``(n,)``).
+                drop the output axis (``predict`` returns ``(n,)``). NaN marks a missing
+                entry (``D > 1``): its row's likelihood is the marginal of the others.
+            y_upper: ``(n,)`` upper ends (``D == 1``): NaN or ``y`` for an exact value, above
+                ``y`` the interval ``[y, y_upper]``; ``inf`` is right-censored at ``y``,
+                ``y = -inf`` left-censored at ``y_upper``.
 
         Returns:
             ``self``.
@@ -221,9 +243,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Raises:
             ValueError: If the data or a hyperparameter is invalid.
         """
-        return self._fit(X, y, distributed=False)
+        return self._fit(X, y, distributed=False, y_upper=y_upper)
 
-    def _fit(self, X: Any, y: Any, *, distributed: bool | None) -> MDNRegressor:
+    def _fit(
+        self, X: Any, y: Any, *, distributed: bool | None, y_upper: Any = None
+    ) -> MDNRegressor:
         """``fit``, with ``training.fit``'s ``distributed`` switch.
 
         ``fit`` trains in this process only (``distributed=False``), also when the caller
@@ -234,17 +258,25 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         check_params(self)
         if distributed is not False:
             check_distributable(self)
-        X, y = _validate_data(
-            self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
-        )
-        fit_arrays(self, X, y, distributed)
+        if y_upper is None and not _has_nan(y):
+            X, y = _validate_data(
+                self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
+            )
+        else:  # NaN (missing) and infinite (censored) ends are allowed in y
+            X = _features(self, X, reset=True)
+            y = check_array(y, ensure_2d=False, dtype=np.float64, ensure_all_finite=False)
+            if len(y) != len(X):
+                raise ValueError(f"X and y have {len(X)} and {len(y)} rows; they must match")
+            if y_upper is not None:
+                y_upper = upper_ends(y_upper, y.reshape(len(y), -1))
+        fit_arrays(self, X, y, distributed, y_upper)
         return self
 
     # ------------------------------------------------------------------------------------
     # Prediction
     # ------------------------------------------------------------------------------------
 
-    def predict_distribution(self, X: Any) -> GaussianMixture:
+    def predict_distribution(self, X: Any) -> GaussianMixture | TargetDistribution:
         """Conditional distribution of ``y`` given each row of ``X``, in original units.
 
         Args:
@@ -253,10 +285,16 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             A ``GaussianMixture`` with ``batch_shape (n,)``, ``event_shape (D,)`` and
             ``n_estimators * n_components`` components, on the model's device (float32).
+            With ``target_resolution`` or ``target_bounds``: a ``TargetDistribution`` over
+            ``y`` (float64) whose ``base`` is that mixture over the transformed target.
         """
+        gm = self._mixture(X)
+        return gm if self._targets.plain else TargetDistribution(gm, self._targets)
+
+    def _mixture(self, X: Any) -> GaussianMixture:
+        """The mixture over ``g(y)`` (``y`` itself without bounds) for array-like ``X``."""
         check_is_fitted(self)
-        X = _validate_data(self, X, dtype=np.float64, reset=False)
-        return self._distribution(X)
+        return _distribution(self, _features(self, X, reset=False))
 
     def predict(self, X: Any) -> np.ndarray:
         """Conditional mean ``E[y | x]`` in original units.
@@ -264,7 +302,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
         """
-        return self._output(self.predict_distribution(X).mean)
+        return _output(self, self.predict_distribution(X).mean)
 
     def predict_mode(self, X: Any) -> np.ndarray:
         """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``).
@@ -272,23 +310,31 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
         """
-        return self._output(self.predict_distribution(X).mode)
+        return _output(self, self.predict_distribution(X).mode)
 
-    def log_prob(self, X: Any, y: Any) -> np.ndarray:
+    def log_prob(self, X: Any, y: Any, y_upper: Any = None) -> np.ndarray:
         """Log density ``log p(y_i | x_i)`` per row, in the original units of ``y``.
+
+        On a grid the log probability mass of ``y``'s bin; for an interval row (``y_upper``
+        as in :meth:`fit`) its log probability; NaN entries of ``y`` are marginalized; values
+        outside ``target_bounds`` give ``-inf``.
 
         Args:
             X: ``(n, n_features)`` array-like.
             y: ``(n,)`` or ``(n, D)`` array-like.
+            y_upper: ``(n,)`` upper ends, ``D == 1`` (see :meth:`fit`), or ``None``.
 
         Returns:
             ``(n,)`` float64 array, in nats.
         """
-        dist = self.predict_distribution(X)
-        Y = self._check_targets(y, dist.batch_shape[0])
-        with torch.no_grad():
-            values = dist.log_prob(torch.as_tensor(Y, dtype=dist.loc.dtype, device=dist.loc.device))
-        return values.cpu().double().numpy()
+        gm = self._mixture(X)
+        Y = _check_targets(self, y, gm.batch_shape[0])
+        if y_upper is None and self._targets.plain and np.isfinite(Y).all():
+            with torch.no_grad():
+                values = gm.log_prob(torch.as_tensor(Y, dtype=gm.dtype, device=gm.loc.device))
+            return values.cpu().double().numpy()
+        upper = None if y_upper is None else upper_ends(y_upper, Y)
+        return TargetDistribution(gm, self._targets).log_prob(Y, upper).numpy()
 
     def sample(
         self, X: Any, n_samples: int = 1, random_state: int | np.random.RandomState | None = None
@@ -314,11 +360,12 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 draws = dist.sample((int(n_samples),))
             else:
                 seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
-                devices = [dist.loc.device] if dist.loc.device.type == "cuda" else []
+                device = next(self.models_[0].parameters()).device
+                devices = [device] if device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(seed)
                     draws = dist.sample((int(n_samples),))
-        return self._output(draws)
+        return _output(self, draws)
 
     def predict_quantiles(self, X: Any, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
         """Exact quantiles of the conditional distribution (per output dimension for ``D > 1``).
@@ -339,7 +386,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             )
         if not np.all((levels > 0.0) & (levels < 1.0)):
             raise ValueError(f"q must lie strictly between 0 and 1, got {levels.tolist()}")
-        dist = self.predict_distribution(X)
+        dist = self._mixture(X)
         n = dist.batch_shape[0]
         qq = torch.as_tensor(levels, dtype=dist.loc.dtype, device=dist.loc.device)
         qq = qq.unsqueeze(-1).expand(len(levels), n)  # (Q, n)
@@ -348,7 +395,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 dist.marginal([d]).icdf(qq).squeeze(-1).T  # (n, Q)
                 for d in range(self.n_outputs_)
             ]
-        out = torch.stack(per_dim, dim=1).cpu().double().numpy()  # (n, D, Q)
+        z = torch.stack(per_dim, dim=1).cpu().double()  # (n, D, Q)
+        out = self._targets.to_y(z.transpose(1, 2)).transpose(1, 2).numpy()
         return out[:, 0, :] if self._y_1d else out
 
     def predict_interval(self, X: Any, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
@@ -410,36 +458,73 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         """
         return load_estimator(cls, path, device)
 
-    # ------------------------------------------------------------------------------------
-    # Internals
-    # ------------------------------------------------------------------------------------
 
-    def _distribution(self, X: np.ndarray) -> GaussianMixture:
-        """Mixture in original units for validated ``(n, n_features)`` float64 inputs."""
-        device = next(self.models_[0].parameters()).device
-        Xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
-                xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
-                chunks.append(GaussianMixture.cat([m(xb) for m in self.models_], dim="components"))
-            dist = GaussianMixture.cat(chunks, dim="batch")
-            scale = torch.as_tensor(self.y_scale_, dtype=dist.loc.dtype, device=device)
-            shift = torch.as_tensor(self.y_mean_, dtype=dist.loc.dtype, device=device)
-            return dist.affine(scale, shift)
+# ----------------------------------------------------------------------------------------
+# Internals (functions of the fitted estimator, outside the class to keep it short)
+# ----------------------------------------------------------------------------------------
 
-    def _output(self, values: Tensor) -> np.ndarray:
-        """``(..., D)`` tensor -> float64 array, dropping ``D`` when ``y`` was 1-D."""
-        out = values.detach().cpu().double().numpy()
-        return out[..., 0] if self._y_1d else out
 
-    def _check_targets(self, y: Any, n: int) -> np.ndarray:
-        Y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
-        if Y.ndim == 1:
-            Y = Y.reshape(-1, 1)
-        if Y.ndim != 2 or Y.shape != (n, self.n_outputs_):
-            expected = f"({n},)" if self.n_outputs_ == 1 else f"({n}, {self.n_outputs_})"
-            raise ValueError(
-                f"y must have shape {expected} to match X and the fitted targets, got {np.shape(y)}"
-            )
-        return Y
+def _has_nan(y: Any) -> bool:
+    """Whether ``y`` is a real floating array holding a NaN (missing targets); anything
+    else is left to the standard validation and its errors."""
+    try:
+        A = np.asarray(y)
+    except (TypeError, ValueError):
+        return False
+    return A.dtype.kind == "f" and bool(np.isnan(A).any())
+
+
+def _features(est: MDNRegressor, X: Any, *, reset: bool) -> np.ndarray:
+    """Validated float64 ``X``; a NaN is an error naming its column and rows."""
+    try:
+        out: np.ndarray = _validate_data(est, X, dtype=np.float64, reset=reset)
+    except ValueError as err:
+        try:
+            A = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise err from None
+        if A.ndim != 2 or not np.isnan(A).any():
+            raise
+        col = int(np.argmax(np.isnan(A).any(0)))
+        names = getattr(X, "columns", None)
+        name = f" ({names[col]!r})" if names is not None else ""
+        raise ValueError(
+            f"X contains NaN in column {col}{name}, {row_list(np.isnan(A[:, col]))}: missing "
+            "features are not supported; impute them (e.g. sklearn's SimpleImputer with "
+            "add_indicator=True in a Pipeline) or drop those rows"
+        ) from None
+    return out
+
+
+def _distribution(est: MDNRegressor, X: np.ndarray) -> GaussianMixture:
+    """Mixture over ``g(y)`` in its original units for validated ``(n, d)`` float64 inputs."""
+    device = next(est.models_[0].parameters()).device
+    Xs = torch.as_tensor((X - est.x_mean_) / est.x_scale_, dtype=torch.float32)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
+            xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
+            chunks.append(GaussianMixture.cat([m(xb) for m in est.models_], dim="components"))
+        dist = GaussianMixture.cat(chunks, dim="batch")
+        scale = torch.as_tensor(est.y_scale_, dtype=dist.loc.dtype, device=device)
+        shift = torch.as_tensor(est.y_mean_, dtype=dist.loc.dtype, device=device)
+        return dist.affine(scale, shift)
+
+
+def _output(est: MDNRegressor, values: Tensor) -> np.ndarray:
+    """``(..., D)`` tensor -> float64 array, dropping ``D`` when ``y`` was 1-D."""
+    out = values.detach().cpu().double().numpy()
+    return out[..., 0] if est._y_1d else out
+
+
+def _check_targets(est: MDNRegressor, y: Any, n: int) -> np.ndarray:
+    """``(n, D)`` float64 targets for ``log_prob`` (NaN and inf allowed)."""
+    Y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y", ensure_all_finite=False)
+    if Y.ndim == 1:
+        Y = Y.reshape(-1, 1)
+    if Y.ndim != 2 or Y.shape != (n, est.n_outputs_):
+        expected = f"({n},)" if est.n_outputs_ == 1 else f"({n}, {est.n_outputs_})"
+        raise ValueError(
+            f"y must have shape {expected} to match X and the fitted targets, got {np.shape(y)}"
+        )
+    return Y
