@@ -2,7 +2,10 @@
 
 A model file holds a JSON configuration (the estimator's parameters, shapes, training
 history, user metadata) and a flat ``name -> tensor`` mapping (scalers and every network's
-weights), written and read by ``_serialization`` without pickled code.
+weights), written and read by ``_serialization`` without pickled code. A model of targets on a
+grid or within bounds records them (``"targets"``: the parameters as given and the fitted
+spec) and is a version-2 file, which older readers refuse rather than misread; other models
+stay version 1, as before.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ._errors import MixtureDensityError
 from ._fitting import build_network, check_params, set_fitted
 from ._options import FitResult
 from ._serialization import read_checkpoint, write_checkpoint
+from ._targets import TargetSpec
 
 _REMEDY = "write it again with 'mdn fit' or MDNRegressor.save"
 
@@ -30,7 +34,11 @@ __all__ = ["load_estimator", "save_estimator"]
 
 #: What a model file says it holds, and the layout version of its configuration.
 KIND = "MDNRegressor"
-VERSION = 1
+VERSION = 2
+#: The layout of files without targets, readable by every release.
+PLAIN_VERSION = 1
+#: Estimator parameters stored under ``"targets"`` rather than ``"params"``.
+TARGET_PARAMS = ("target_resolution", "target_bounds")
 _SCALERS = ("x_mean", "x_scale", "y_mean", "y_scale")
 
 
@@ -43,9 +51,11 @@ def save_estimator(
     params["hidden_dims"] = [int(h) for h in est.hidden_dims]
     if not isinstance(params["random_state"], (int, type(None))):
         params["random_state"] = None  # a RandomState object has no JSON form
+    given = {name: _jsonable(_plain(params.pop(name))) for name in TARGET_PARAMS}
+    spec: TargetSpec = est._targets
     config: dict[str, Any] = {
         "kind": KIND,
-        "version": VERSION,
+        "version": PLAIN_VERSION if spec.plain else VERSION,
         "library_version": __version__,
         "params": params,
         "n_features_in": int(est.n_features_in_),
@@ -55,6 +65,8 @@ def save_estimator(
         "val_nll": None if math.isnan(est.val_nll_) else est.val_nll_,
         "metadata": dict(metadata) if metadata is not None else {},
     }
+    if not spec.plain:
+        config["targets"] = {"params": given, "spec": spec.to_json()}
     if hasattr(est, "feature_names_in_"):
         config["feature_names_in"] = [str(c) for c in est.feature_names_in_]
     tensors = {
@@ -86,6 +98,12 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         )
     try:
         est, n_features, n_outputs = _configured(cls, config, device)
+        spec = None
+        if "targets" in config:
+            spec = TargetSpec.from_json(config["targets"]["spec"])
+            est.set_params(**config["targets"]["params"])
+            if len(spec.outputs) != n_outputs:
+                raise ValueError(f"{len(spec.outputs)} target specs for {n_outputs} outputs")
         results = [FitResult(**_from_jsonable(r)) for r in config["fit_results"]]
         y_1d, val_nll = bool(config["y_1d"]), config["val_nll"]
         feature_names = config.get("feature_names_in")
@@ -132,6 +150,7 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         (tensors["y_mean"].numpy(), tensors["y_scale"].numpy()),
         y_1d,
         val_nll=val_nll,
+        targets=spec,
     )
     if feature_names is not None:
         est.feature_names_in_ = np.asarray(feature_names, dtype=object)
@@ -156,6 +175,18 @@ def _configured(cls: type[Any], config: dict[str, Any], device: str | None) -> t
     if not all(isinstance(v, int) and v >= 1 for v in (n_features, n_outputs, *widths)):
         raise ValueError("sizes must be positive integers")
     return est, n_features, n_outputs
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and numpy scalars of a parameter as JSON-able lists and floats; open ends as
+    ``None``."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        value = float(value)
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    return value
 
 
 def _from_jsonable(value: Any) -> Any:

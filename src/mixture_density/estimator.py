@@ -259,7 +259,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         if distributed is not False:
             check_distributable(self)
         if y_upper is None and not _has_nan(y):
-            X, y = _validate_data(
+            X, y = _features(
                 self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
             )
         else:  # NaN (missing) and infinite (censored) ends are allowed in y
@@ -474,10 +474,11 @@ def _has_nan(y: Any) -> bool:
     return A.dtype.kind == "f" and bool(np.isnan(A).any())
 
 
-def _features(est: MDNRegressor, X: Any, *, reset: bool) -> np.ndarray:
-    """Validated float64 ``X``; a NaN is an error naming its column and rows."""
+def _features(est: MDNRegressor, X: Any, *args: Any, **kwargs: Any) -> Any:
+    """``_validate_data(est, X, *args, **kwargs)`` (float64 ``X`` by default), where a NaN in
+    ``X`` is an error naming its column and rows."""
     try:
-        out: np.ndarray = _validate_data(est, X, dtype=np.float64, reset=reset)
+        return _validate_data(est, X, *args, **{"dtype": np.float64, **kwargs})
     except ValueError as err:
         try:
             A = np.asarray(X, dtype=np.float64)
@@ -493,7 +494,6 @@ def _features(est: MDNRegressor, X: Any, *, reset: bool) -> np.ndarray:
             "features are not supported; impute them (e.g. sklearn's SimpleImputer with "
             "add_indicator=True in a Pipeline) or drop those rows"
         ) from None
-    return out
 
 
 def _distribution(est: MDNRegressor, X: np.ndarray) -> GaussianMixture:
