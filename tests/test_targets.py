@@ -136,7 +136,7 @@ def test_bounded_density_integrates_to_one_and_is_minus_inf_outside(lo: float, h
 
     a = lo if math.isfinite(lo) else -np.inf
     b = hi if math.isfinite(hi) else np.inf
-    total, err = integrate.quad(density, a, b, limit=200, epsabs=1e-11)
+    total, _ = integrate.quad(density, a, b, limit=200, epsabs=1e-11)
     assert total == pytest.approx(1.0, abs=1e-8)
     outside = [v for v in (lo - 1.0, lo, hi, hi + 1.0) if math.isfinite(v)]
     lp = dist.log_prob(torch.tensor(outside, dtype=F64)[:, None, None])
