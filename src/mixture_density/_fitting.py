@@ -155,9 +155,6 @@ def fit_arrays(
     Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
     n = X.shape[0]
     spec = TargetSpec.from_params(est.target_resolution, est.target_bounds, Y.shape[1])
-    message = tie_warning(Y, est.target_resolution)
-    if message:
-        warnings.warn(message, UserWarning, stacklevel=4)
     plain = spec.plain and y_upper is None and not np.isnan(Y).any()
     x_stats = standardization(X, "X")
     if plain:
@@ -167,6 +164,9 @@ def fit_arrays(
     else:
         spec = spec.with_origins(Y)
         y_stats, Ys, init = encoded_targets(est, spec, Y, y_upper)
+    message = tie_warning(Y, est.target_resolution)  # once the data have passed every check
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=4)
     rng = check_random_state(est.random_state)
     n_val = math.floor(est.val_fraction * n)
     if n_val >= 1 and n - n_val >= 1:
