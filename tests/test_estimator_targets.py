@@ -168,6 +168,8 @@ def test_missing_targets_are_fitted_and_scored_through_marginals() -> None:
         lp = est.log_prob(X[:40], Y[:40])
         gm = est.predict_distribution(X[:40])
         assert isinstance(gm, GaussianMixture)
+        with pytest.raises(ValueError, match="no observed entry in row 1"):
+            est.log_prob(X[:2], [[0.0, 1.0], [np.nan, np.nan]])
         for i in range(40):
             seen = [d for d in range(2) if not np.isnan(Y[i, d])]
             one = gm.marginal(seen).log_prob(torch.as_tensor(Y[i, seen], dtype=torch.float32))

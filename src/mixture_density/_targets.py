@@ -37,6 +37,7 @@ __all__ = [
     "Encoded",
     "OutputTarget",
     "TargetSpec",
+    "check_observed",
     "check_training",
     "encode",
     "grid_spacing",
@@ -397,17 +398,22 @@ def upper_ends(y_upper: Any, Y: np.ndarray) -> np.ndarray:
     return U
 
 
-def check_training(
-    spec: TargetSpec, Y: np.ndarray, Y_upper: np.ndarray | None, enc: Encoded | None = None
-) -> None:
-    """Training targets the likelihood can use, else a ``ValueError`` naming the rows
-    (``Y_upper`` is checked by :func:`upper_ends`)."""
+def check_observed(Y: np.ndarray) -> None:
+    """A ``ValueError`` naming the rows of ``Y (n, D)`` that are all NaN (nothing to score)."""
     empty = np.isnan(Y).all(1)
     if empty.any():
         raise ValueError(
             f"y has no observed entry in {row_list(empty)}: every target row needs at least "
             "one non-NaN value (drop those rows)"
         )
+
+
+def check_training(
+    spec: TargetSpec, Y: np.ndarray, Y_upper: np.ndarray | None, enc: Encoded | None = None
+) -> None:
+    """Training targets the likelihood can use, else a ``ValueError`` naming the rows
+    (``Y_upper`` is checked by :func:`upper_ends`)."""
+    check_observed(Y)
     unseen = np.isnan(Y).all(0)
     if unseen.any():
         raise ValueError(f"y output {int(np.argmax(unseen))} has no observed value (all NaN)")

@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
 from ._fitting import check_distributable, check_params, fit_arrays
 from ._likelihood import TargetDistribution
 from ._persistence import load_estimator, save_estimator
-from ._targets import row_list, upper_ends
+from ._targets import check_observed, row_list, upper_ends
 from .distribution import GaussianMixture
 
 __all__ = ["DEFAULTS", "MDNRegressor"]
@@ -305,7 +305,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         return _output(self, self.predict_distribution(X).mean)
 
     def predict_mode(self, X: Any) -> np.ndarray:
-        """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``).
+        """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``);
+        a ``ValueError`` with ``target_bounds`` or ``target_resolution`` (use the median).
 
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
@@ -333,6 +334,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             with torch.no_grad():
                 values = gm.log_prob(torch.as_tensor(Y, dtype=gm.dtype, device=gm.loc.device))
             return values.cpu().double().numpy()
+        check_observed(Y)
         upper = None if y_upper is None else upper_ends(y_upper, Y)
         return TargetDistribution(gm, self._targets).log_prob(Y, upper).numpy()
 
