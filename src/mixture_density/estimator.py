@@ -483,10 +483,10 @@ def _features(est: MDNRegressor, X: Any, *args: Any, **kwargs: Any) -> Any:
         return _validate_data(est, X, *args, **{"dtype": np.float64, **kwargs})
     except ValueError as err:
         try:
-            A = np.asarray(X, dtype=np.float64)
+            A = np.asarray(X)
         except (TypeError, ValueError):
             raise err from None
-        if A.ndim != 2 or not np.isnan(A).any():
+        if A.ndim != 2 or A.dtype.kind != "f" or not np.isnan(A).any():
             raise
         col = int(np.argmax(np.isnan(A).any(0)))
         names = getattr(X, "columns", None)
