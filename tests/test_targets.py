@@ -401,3 +401,20 @@ def test_uci_targets_warn_exactly_on_the_grid_sets(name: str, warns: bool) -> No
     assert bool(point_masses(y)) == warns
     train = np.loadtxt(UCI / name / "index_train_0.txt", dtype=int)
     assert bool(point_masses(y[train])) == warns  # the training split too
+
+
+def test_fit_takes_infinite_ends_only_from_a_model_that_declares_them() -> None:
+    from mixture_density.nn import MixtureDensityNetwork
+    from mixture_density.training import fit
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1)
+    ends = torch.cat([x, torch.where(x > 0, INF, x)], -1)  # right-censored where x > 0
+    model = TargetLikelihood(MixtureDensityNetwork(1, 1, 2, hidden_dims=(8,)))
+    result = fit(model, x, ends, epochs=2, seed=0, verbose=False)
+    assert all(math.isfinite(r["train_nll"]) for r in result.history)
+    with pytest.raises(ValueError, match=r"y contains NaN in 1 row\(s\), first at row 3"):
+        fit(model, x, ends.index_fill(0, torch.tensor([3]), math.nan), epochs=1, verbose=False)
+    plain = MixtureDensityNetwork(1, 2, 2, hidden_dims=(8,))
+    with pytest.raises(ValueError, match="y contains NaN or inf"):
+        fit(plain, x, ends, epochs=1, verbose=False)

@@ -78,7 +78,8 @@ def as_tensor(
     if not bool(finite.all()):
         bad = (~finite).reshape(tensor.shape[0], -1).any(dim=1).nonzero().flatten()
         raise ValueError(
-            f"{name} contains NaN or inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
+            f"{name} contains {'NaN' if allow_inf else 'NaN or inf'} in {bad.numel()} row(s), "
+            f"first at row {int(bad[0])}; "
             "drop or impute them before fitting"
         )
     return tensor
