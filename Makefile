@@ -45,6 +45,7 @@ pytest: dev
 bench-smoke: dev
 	$(PY) benchmarks/speed.py --quick
 	$(PY) benchmarks/uci.py --quick
+	$(PY) benchmarks/targets.py --quick
 
 test: lint typecheck pytest bench-smoke
 

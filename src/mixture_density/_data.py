@@ -42,13 +42,17 @@ EVAL_BATCH = 4096
 CONSTANT_SPREAD_ULPS = 10.0
 
 
-def as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
+def as_tensor(
+    value: Any, name: str, dtype: torch.dtype, *, allow_inf: bool = False
+) -> torch.Tensor:
     """Converts an array-like to a floating tensor and checks it is non-empty and finite.
 
     Args:
         value: numpy array, tensor or nested sequence, shape ``(n, ...)``.
         name: argument name used in error messages.
         dtype: floating dtype of the result (the model's parameter dtype).
+        allow_inf: accept ``-inf`` and ``inf`` (still not NaN): the encoded ends of censored
+            or missing targets (a model with ``infinite_targets = True``).
 
     Returns:
         Tensor of shape ``(n, ...)`` (a 0-d input is rejected), on the input's device.
@@ -70,20 +74,27 @@ def as_tensor(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (n, ...), got a scalar")
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); need at least one row")
-    finite = torch.isfinite(tensor)
+    finite = ~torch.isnan(tensor) if allow_inf else torch.isfinite(tensor)
     if not bool(finite.all()):
         bad = (~finite).reshape(tensor.shape[0], -1).any(dim=1).nonzero().flatten()
         raise ValueError(
-            f"{name} contains NaN or inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
+            f"{name} contains {'NaN' if allow_inf else 'NaN or inf'} in {bad.numel()} row(s), "
+            f"first at row {int(bad[0])}; "
             "drop or impute them before fitting"
         )
     return tensor
 
 
 def prepare_xy(
-    X: Any, y: Any, dtype: torch.dtype, *, names: tuple[str, str] = ("X", "y")
+    X: Any,
+    y: Any,
+    dtype: torch.dtype,
+    *,
+    names: tuple[str, str] = ("X", "y"),
+    infinite_targets: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validates a pair of arrays: ``X (n,)|(n, ...)`` and ``y (n,)|(n, D)``.
+    """Validates a pair of arrays: ``X (n,)|(n, ...)`` and ``y (n,)|(n, D)``; ``y`` may hold
+    ``-inf``/``inf`` with ``infinite_targets``.
 
     Returns:
         ``X`` as ``(n, d)`` (1-D input becomes one column) or ``(n, ...)``, and ``y`` as
@@ -94,7 +105,7 @@ def prepare_xy(
         missing = name_x if X is None else name_y
         raise ValueError(f"{missing} is None; pass both {name_x} and {name_y}")
     Xt = as_tensor(X, name_x, dtype)
-    yt = as_tensor(y, name_y, dtype)
+    yt = as_tensor(y, name_y, dtype, allow_inf=infinite_targets)
     if Xt.ndim == 1:
         Xt = Xt.unsqueeze(-1)
     if yt.ndim == 1:
@@ -294,6 +305,7 @@ def build_sources(
     device: torch.device,
     *,
     members: int = 1,
+    infinite_targets: bool = False,
 ) -> tuple[Source, Source | None]:
     """Turns fit's data arguments into training and validation sources.
 
@@ -301,6 +313,7 @@ def build_sources(
     seeded on every rank); it is ignored for DataLoaders and IterableDatasets. With
     ``members > 1``, in-memory training rows come in one independent order per member
     (``(M, B, ...)`` batches); other sources give every member the same ``(B, ...)`` batch.
+    ``infinite_targets``: in-memory targets may hold ``-inf``/``inf`` (see ``as_tensor``).
     """
     if train_data is not None and (X is not None or y is not None):
         raise ValueError("pass either X and y or train_data, not both")
@@ -312,7 +325,13 @@ def build_sources(
             raise ValueError(
                 f"val_data as a tuple must be (X_val, y_val), got {len(val_data)} items"
             )
-        Xv, yv = prepare_xy(val_data[0], val_data[1], dtype, names=("val_data[0]", "val_data[1]"))
+        Xv, yv = prepare_xy(
+            val_data[0],
+            val_data[1],
+            dtype,
+            names=("val_data[0]", "val_data[1]"),
+            infinite_targets=infinite_targets,
+        )
         val = _tensor_source(Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val_data")
     elif isinstance(val_data, DataLoader):
         val = Source(loader=val_data, name="val_data")
@@ -327,7 +346,7 @@ def build_sources(
         )
 
     if train_data is None:
-        Xt, yt = prepare_xy(X, y, dtype)
+        Xt, yt = prepare_xy(X, y, dtype, infinite_targets=infinite_targets)
         if val is None and val_fraction > 0:
             n_val = _n_val(val_fraction, Xt.shape[0])
             perm = torch.randperm(Xt.shape[0], generator=gen)

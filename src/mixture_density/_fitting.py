@@ -5,12 +5,14 @@ split off the validation rows, build ``n_estimators`` seeded networks started fr
 mixtures of the targets, train them with :func:`mixture_density.training.fit` (several at once
 as one :class:`~mixture_density._ensemble.StackedMDN`), and record the result with
 :func:`set_fitted`, the one place that sets the fitted attributes (also used by the streamed
-fit and by loading).
+fit and by loading). Targets on a grid, within bounds, censored or partly missing train the
+same networks on their encoded ends (``_targets``) through ``_likelihood.TargetLikelihood``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +28,9 @@ from ._defaults import AUTO, Plan, resolve
 from ._ensemble import StackedMDN, member_results
 from ._env import world_size
 from ._errors import MixtureDensityError
+from ._likelihood import TargetLikelihood
 from ._options import FitResult
+from ._targets import TargetSpec, check_training, encode, tie_warning
 from .nn import MixtureDensityNetwork
 from .noise import NoiseType
 from .training import fit as train
@@ -64,6 +68,7 @@ def check_params(est: Any) -> None:
     if not float(est.min_scale) > 0.0:
         raise ValueError(f"min_scale must be positive, got {est.min_scale!r}")
     NoiseType.parse(est.noise_type)  # raises ValueError listing the options
+    TargetSpec.check_types(est.target_resolution, est.target_bounds)
 
 
 def check_distributable(est: Any) -> None:
@@ -79,6 +84,11 @@ def check_distributable(est: Any) -> None:
         raise MixtureDensityError(
             "random_state=None under torchrun: every rank must draw the same validation "
             "split and seeds; pass an integer random_state"
+        )
+    if est.target_resolution is not None or est.target_bounds is not None:
+        raise MixtureDensityError(
+            "target_resolution and target_bounds need an in-memory fit in one process "
+            "(not --stream, --memory-budget or torchrun)"
         )
 
 
@@ -142,12 +152,31 @@ def standardization(A: np.ndarray, name: str = "X") -> tuple[np.ndarray, np.ndar
     return mean, guarded_scale(mean, A.std(axis=0))
 
 
-def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None) -> None:
-    """Fits ``est`` on validated float64 ``X (n, d)`` and ``y (n,)`` or ``(n, D)``."""
+def fit_arrays(
+    est: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    distributed: bool | None,
+    y_upper: np.ndarray | None = None,
+) -> None:
+    """Fits ``est`` on validated float64 ``X (n, d)`` and ``y (n,)`` or ``(n, D)`` (NaN:
+    missing), with optional interval ends ``y_upper (n, 1)`` (see ``MDNRegressor.fit``)."""
     y_1d = y.ndim == 1
     Y = y.reshape(-1, 1) if y_1d else y  # (n, D)
     n = X.shape[0]
-    x_stats, y_stats = standardization(X, "X"), standardization(Y, "y")
+    spec = TargetSpec.from_params(est.target_resolution, est.target_bounds, Y.shape[1])
+    plain = spec.plain and y_upper is None and not np.isnan(Y).any()
+    x_stats = standardization(X, "X")
+    if plain:
+        y_stats = standardization(Y, "y")
+        Ys = torch.as_tensor((Y - y_stats[0]) / y_stats[1], dtype=torch.float32)
+        init = Ys
+    else:
+        spec = spec.with_origins(Y)
+        y_stats, Ys, init = encoded_targets(est, spec, Y, y_upper)
+    message = tie_warning(Y, est.target_resolution)  # once the data have passed every check
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=4)
     rng = check_random_state(est.random_state)
     n_val = math.floor(est.val_fraction * n)
     if n_val >= 1 and n - n_val >= 1:
@@ -159,11 +188,11 @@ def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None)
     seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=plan.n_estimators)]
 
     Xs = torch.as_tensor((X - x_stats[0]) / x_stats[1], dtype=torch.float32)
-    Ys = torch.as_tensor((Y - y_stats[0]) / y_stats[1], dtype=torch.float32)
     train_data = (Xs[train_rows], Ys[train_rows])
     val_data = (Xs[val_rows], Ys[val_rows]) if len(val_rows) else None
+    y_init = init[train_rows][torch.isfinite(init[train_rows]).all(1)]  # k-means points
     members = [
-        new_network(est, X.shape[1], Y.shape[1], k, train_data[1], s)
+        new_network(est, X.shape[1], Y.shape[1], k, y_init, s)
         for k, s in zip(plan.member_components, seeds)
     ]
     # Several networks train at once as one batched model: about the cost of one network on
@@ -172,7 +201,7 @@ def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeds[0])
         result = train(
-            model,
+            model if plain else TargetLikelihood(model),
             *train_data,
             val_data=val_data,
             val_fraction=0.0,  # the split is ours (shared with val_nll_ below)
@@ -188,13 +217,23 @@ def fit_arrays(est: Any, X: np.ndarray, y: np.ndarray, distributed: bool | None)
         members = [m.to(device) for m in members]
         results = member_results(result, len(members))
         if val_data is not None and len(set(plan.member_components)) > 1:
-            weights = group_weights(members, plan.member_components, *val_data)
-    val = (X[val_rows], y[val_rows]) if len(val_rows) else None
-    set_fitted(est, plan, members, results, x_stats, y_stats, y_1d, val_data=val, weights=weights)
+            weights = group_weights(members, plan.member_components, *val_data, plain=plain)
+    val: tuple[np.ndarray, ...] | None = None
+    if len(val_rows):
+        val = (X[val_rows], y[val_rows]) + (() if y_upper is None else (y_upper[val_rows],))
+    set_fitted(
+        est, plan, members, results, x_stats, y_stats, y_1d,
+        val_data=val, targets=spec, weights=weights,
+    )  # fmt: skip
 
 
 def group_weights(
-    members: Sequence[MixtureDensityNetwork], groups: Sequence[int], X: Tensor, Y: Tensor
+    members: Sequence[MixtureDensityNetwork],
+    groups: Sequence[int],
+    X: Tensor,
+    Y: Tensor,
+    *,
+    plain: bool = True,
 ) -> tuple[float, ...]:
     """Weights of the members from the validation likelihood of their groups.
 
@@ -204,6 +243,13 @@ def group_weights(
     density of group ``g``'s members: the stacking of density forecasts (Yao et al., 2018),
     held near equal weights when there are few validation rows.
 
+    Args:
+        members: the trained networks.
+        groups: each member's group (its number of components).
+        X, Y: standardized validation inputs and targets (``Y`` encoded as for
+            :class:`TargetLikelihood` unless ``plain``).
+        plain: ``Y`` holds plain targets.
+
     Returns:
         One weight per member, summing to one.
     """
@@ -211,7 +257,9 @@ def group_weights(
     device = next(members[0].parameters()).device
     X, Y = X.to(device), Y.to(device)
     with torch.no_grad():
-        member_lp = torch.stack([m.eval()(X).log_prob(Y).double().cpu() for m in members])
+        member_lp = torch.stack(
+            [-(m if plain else TargetLikelihood(m)).loss(X, Y).double().cpu() for m in members]
+        )  # (M, n)
     index = torch.tensor(groups)
     group_lp = torch.stack(
         [
@@ -230,6 +278,31 @@ def group_weights(
     return tuple(per_group[k] / sizes[k] for k in groups)
 
 
+def encoded_targets(
+    est: Any, spec: TargetSpec, Y: np.ndarray, y_upper: np.ndarray | None
+) -> tuple[tuple[np.ndarray, np.ndarray], Tensor, Tensor]:
+    """Standardization, training targets ``(n, 2D)`` and k-means points ``(n, D)`` (NaN where
+    there is no point) of targets with a grid, bounds, intervals or missing entries.
+
+    The map comes first (bounds take ``y`` onto R), then the standardization of the mapped
+    values, from one representative point per entry (``_targets.Encoded.points``).
+    """
+    if est.noise_regularization is not None:
+        raise ValueError(
+            "noise_regularization cannot be combined with target_resolution, target_bounds, "
+            "y_upper or missing targets (noise would blur exact values into intervals); "
+            f"got noise_regularization={est.noise_regularization!r}"
+        )
+    enc = encode(spec, Y, y_upper)
+    check_training(spec, Y, y_upper, enc)
+    standardization(np.nan_to_num(enc.points, nan=0.0), "y")  # refuses overflowing values
+    mean = np.nanmean(enc.points, axis=0)
+    stats = (mean, guarded_scale(mean, np.nanstd(enc.points, axis=0)))
+    Ys = torch.as_tensor(enc.standardized(*stats), dtype=torch.float32)
+    init = torch.as_tensor((enc.points - stats[0]) / stats[1], dtype=torch.float32)
+    return stats, Ys, init
+
+
 def set_fitted(
     est: Any,
     plan: Plan,
@@ -239,17 +312,23 @@ def set_fitted(
     y_stats: tuple[np.ndarray, np.ndarray],
     y_1d: bool,
     *,
-    val_data: tuple[np.ndarray, np.ndarray] | None = None,
+    val_data: tuple[np.ndarray, ...] | None = None,
     val_nll: float | None = None,
     calibrator: PITCalibrator | None = None,
     weights: Sequence[float] | None = None,
+    targets: TargetSpec | None = None,
 ) -> None:
     """Sets every fitted attribute; the one place that does (fit, streamed fit, load).
 
-    ``val_nll_`` is scored on ``val_data`` (original units) when given, else taken from
-    ``val_nll`` (``None``: no validation, ``nan``). ``calibrator_`` is ``calibrator`` (a fit
-    starts uncalibrated; ``MDNRegressor.calibrate`` sets it afterwards); ``member_weights_``
-    are ``weights`` (default: equal).
+    ``val_nll_`` is scored on ``val_data`` (original units; ``(X, y)`` or ``(X, y, y_upper)``)
+    when given, else taken from ``val_nll`` (``None``: no validation, ``nan``).
+    ``calibrator_`` is ``calibrator`` (a fit starts uncalibrated; ``MDNRegressor.calibrate``
+    sets it afterwards); ``member_weights_`` are ``weights`` (default: equal). ``targets``:
+    the grid and bounds (``None``: plain). ``target_transform_`` describes, per output, what
+    the networks model: ``z = (g(y) - shift) / scale`` with ``g`` the map of ``_targets``
+    (``"identity"``, ``"log_lower"``: ``log(y - lower)``, ``"log_upper"``:
+    ``-log(upper - y)``, ``"logit"``: ``log(y - lower) - log(upper - y)``), and the grid
+    (``resolution``, ``origin``: samples are ``origin + k resolution``).
     """
     est.calibrator_ = calibrator
     est.plan_ = plan
@@ -259,6 +338,11 @@ def set_fitted(
     est.x_mean_, est.x_scale_ = (np.asarray(v, dtype=np.float64) for v in x_stats)
     est.y_mean_, est.y_scale_ = (np.asarray(v, dtype=np.float64) for v in y_stats)
     est.n_outputs_ = int(y_stats[0].shape[0])
+    est._targets = targets or TargetSpec.from_params(None, None, est.n_outputs_)
+    est.target_transform_ = [
+        {**out, "shift": float(m), "scale": float(s)}
+        for out, m, s in zip(est._targets.to_json(), est.y_mean_, est.y_scale_)
+    ]
     est._y_1d = bool(y_1d)
     est.models_ = [m.eval() for m in models]
     est.model_ = est.models_[0]

@@ -134,6 +134,8 @@ class Trainer:
             self.dtype,
             self.device,
             members=self.members,
+            # A model that declares it (``_likelihood.TargetLikelihood``) takes infinite ends.
+            infinite_targets=bool(getattr(model, "infinite_targets", False)),
         )
         self.opt = _adamw(self.params, opts.lr, opts.weight_decay, self.device)
         self.sched: Any = None

@@ -2,7 +2,10 @@
 
 A model file holds a JSON configuration (the estimator's parameters, shapes, training
 history, user metadata) and a flat ``name -> tensor`` mapping (scalers and every network's
-weights), written and read by ``_serialization`` without pickled code.
+weights), written and read by ``_serialization`` without pickled code. A model of targets on a
+grid or within bounds records them (``"targets"``: the parameters as given and the fitted
+spec) and is a version-2 file, which older readers refuse rather than misread; other models
+stay version 1, as before.
 """
 
 from __future__ import annotations
@@ -25,14 +28,18 @@ from ._errors import MixtureDensityError
 from ._fitting import build_network, check_params, set_fitted
 from ._options import FitResult
 from ._serialization import read_checkpoint, write_checkpoint
+from ._targets import TargetSpec
 
 _REMEDY = "write it again with 'mdn fit' or MDNRegressor.save"
 
 __all__ = ["load_estimator", "save_estimator"]
 
-#: What a model file says it holds, and the layout version of its configuration.
+#: What a model file says it holds, and the layout version of its configuration: 2 records
+#: the plan, member weights, calibration and targets (files of version 1 load as before).
 KIND = "MDNRegressor"
-VERSION = 1
+VERSION = 2
+#: Estimator parameters stored under ``"targets"`` rather than ``"params"``.
+TARGET_PARAMS = ("target_resolution", "target_bounds")
 _SCALERS = ("x_mean", "x_scale", "y_mean", "y_scale")
 
 
@@ -45,6 +52,8 @@ def save_estimator(
     params["hidden_dims"] = [int(h) for h in est.hidden_dims]
     if not isinstance(params["random_state"], (int, type(None))):
         params["random_state"] = None  # a RandomState object has no JSON form
+    given = {name: _jsonable(_plain(params.pop(name))) for name in TARGET_PARAMS}
+    spec: TargetSpec = est._targets
     config: dict[str, Any] = {
         "kind": KIND,
         "version": VERSION,
@@ -61,6 +70,8 @@ def save_estimator(
     config["member_weights"] = list(est.member_weights_)
     if getattr(est, "calibrator_", None) is not None:
         config["calibrator"] = est.calibrator_.to_config()
+    if not spec.plain:
+        config["targets"] = {"params": given, "spec": spec.to_json()}
     if hasattr(est, "feature_names_in_"):
         config["feature_names_in"] = [str(c) for c in est.feature_names_in_]
     tensors = {
@@ -92,6 +103,12 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         )
     try:
         est, n_features, n_outputs = _configured(cls, config, device)
+        spec = None
+        if "targets" in config:
+            spec = TargetSpec.from_json(config["targets"]["spec"])
+            est.set_params(**config["targets"]["params"])
+            if len(spec.outputs) != n_outputs:
+                raise ValueError(f"{len(spec.outputs)} target specs for {n_outputs} outputs")
         results = [FitResult(**_from_jsonable(r)) for r in config["fit_results"]]
         y_1d, val_nll = bool(config["y_1d"]), config["val_nll"]
         feature_names = config.get("feature_names_in")
@@ -152,6 +169,7 @@ def load_estimator(cls: type[Any], path: str | os.PathLike[str], device: str | N
         val_nll=val_nll,
         calibrator=calibrator,
         weights=weights,
+        targets=spec,
     )
     if feature_names is not None:
         est.feature_names_in_ = np.asarray(feature_names, dtype=object)
@@ -176,6 +194,18 @@ def _configured(cls: type[Any], config: dict[str, Any], device: str | None) -> t
     if not all(isinstance(v, int) and v >= 1 for v in (n_features, n_outputs, *widths)):
         raise ValueError("sizes must be positive integers")
     return est, n_features, n_outputs
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and numpy scalars of a parameter as JSON-able lists and floats; open ends as
+    ``None``."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        value = float(value)
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    return value
 
 
 def _from_jsonable(value: Any) -> Any:

@@ -6,6 +6,8 @@ every question through one :class:`~mixture_density.GaussianMixture` in the orig
 of ``y``:
 ``predict`` (conditional mean, so ``score`` is the usual R^2), ``predict_distribution``,
 ``log_prob``, ``sample``, ``predict_quantiles``, ``predict_interval`` and ``predict_mode``.
+Targets on a grid, within bounds, censored or partly missing are modelled through ``_targets``
+and ``_likelihood`` (``target_resolution``, ``target_bounds``, ``y_upper``, NaN in ``y``).
 
 scikit-learn is an optional dependency; this module imports it at the top, and the package
 namespace resolves ``MDNRegressor`` lazily, so ``import mixture_density`` does not need it.
@@ -40,7 +42,9 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
 
 from ._calibration import MIN_CALIBRATION_ROWS, PITCalibrator, RecalibratedDistribution
 from ._fitting import check_distributable, check_params, fit_arrays
+from ._likelihood import TargetDistribution
 from ._persistence import load_estimator, save_estimator
+from ._targets import check_observed, row_list, upper_ends
 from .distribution import GaussianMixture
 
 __all__ = ["DEFAULTS", "MDNRegressor"]
@@ -104,11 +108,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             ``"isotropic_across_clusters"`` or ``"fixed"``.
         activation: Hidden-layer activation name (see ``MixtureDensityNetwork``).
         n_estimators: Number of networks whose densities are averaged (trained as one
-            batched model when above 1), or ``"auto"`` (5).
+            batched model when above 1), or ``"auto"``.
         epochs: Maximum number of passes over the training rows, or ``"auto"``: 200, or
             more when that is under 5,000 optimizer steps.
         batch_size: Mini-batch size, or ``"auto"``: 16 to 128 rows, growing with ``n``.
-        lr: Adam learning rate.
+        lr: Adam learning rate, or ``"auto"``: ``1e-2 * batch_size / 128``.
         weight_decay: Weight decay (L2) coefficient.
         noise_regularization: Gaussian noise added to the standardized inputs and targets
             of every training mini-batch (Rothfuss et al., 2019): ``"auto"`` (standard
@@ -128,10 +132,21 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         verbose: Show a progress bar over the epochs during training.
         random_state: Seed (int), ``numpy.random.RandomState`` or ``None`` for the
             initializations, the validation split and the mini-batch order.
+        target_resolution: Grid spacing ``h`` of ``y``: ``None`` (continuous), a float, or one
+            per output (``None`` entries continuous). Training and ``log_prob`` use the
+            probability of the bin ``[y - h/2, y + h/2]`` (a log mass, <= 0); samples and
+            quantiles are grid values. Fitting heavily tied ``y`` without it warns.
+        target_bounds: ``(lo, hi)`` for all outputs, or one pair (or ``None``) per output;
+            ``None`` or an infinite end is open. The mixture models ``log(y - lo)``,
+            ``-log(hi - y)`` or ``logit((y - lo) / (hi - lo))``; densities include the
+            Jacobian and are ``-inf`` outside; samples and quantiles stay inside.
 
     Attributes:
-        plan_: What the fit used: batch size, epochs, patience, each network's ``K``
-            (:class:`mixture_density._defaults.Plan`).
+        plan_: What the fit used: batch size, learning rate, epochs, patience, each
+            network's ``K`` (:class:`mixture_density._defaults.Plan`).
+        member_weights_: Each network's weight in the predictive mixture (equal, or from
+            the validation likelihood of networks of different ``K``).
+        calibrator_: The recalibration of :meth:`calibrate`, or ``None``.
         models_: The trained networks, one per member of the plan, in evaluation mode.
         model_: The first (with ``n_estimators=1`` the only) network.
         x_mean_, x_scale_: ``(n_features_in_,)`` standardization of the inputs.
@@ -143,6 +158,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         history_: Per-epoch training history of the first network (a list of dicts).
         val_nll_: Mean held-out negative log-likelihood of the combined model in nats per
             row, in the original units of ``y``; ``nan`` without a validation split.
+        target_transform_: Per output, the map ``g`` and standardization the networks see,
+            ``z = (g(y) - shift) / scale`` (JSON-able dicts; see ``_fitting.set_fitted``).
 
     Example:
         >>> import numpy as np
@@ -178,6 +195,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         device: str = "cpu",
         verbose: bool = False,
         random_state: int | np.random.RandomState | None = None,
+        target_resolution: float | Sequence[float | None] | None = None,
+        target_bounds: Any = None,
     ) -> None:
         self.n_components = n_components
         self.hidden_dims = hidden_dims
@@ -196,6 +215,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
         self.random_state = random_state
+        self.target_resolution = target_resolution
+        self.target_bounds = target_bounds
 
     # ------------------------------------------------------------------------------------
     # scikit-learn plumbing
@@ -214,13 +235,17 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     # Fitting
     # ------------------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any) -> MDNRegressor:
+    def fit(self, X: Any, y: Any, y_upper: Any = None) -> MDNRegressor:
         """Train the network(s) on ``X`` and ``y``.
 
         Args:
             X: ``(n, n_features)`` array-like of inputs.
             y: ``(n,)`` or ``(n, D)`` array-like of targets. With ``(n,)``, predictions
-                drop the output axis (``predict`` returns ``(n,)``).
+                drop the output axis (``predict`` returns ``(n,)``). NaN marks a missing
+                entry (``D > 1``): its row's likelihood is the marginal of the others.
+            y_upper: ``(n,)`` upper ends (``D == 1``): NaN or ``y`` for an exact value, above
+                ``y`` the interval ``[y, y_upper]``; ``inf`` is right-censored at ``y``,
+                ``y = -inf`` left-censored at ``y_upper``.
 
         Returns:
             ``self``.
@@ -228,9 +253,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Raises:
             ValueError: If the data or a hyperparameter is invalid.
         """
-        return self._fit(X, y, distributed=False)
+        return self._fit(X, y, distributed=False, y_upper=y_upper)
 
-    def _fit(self, X: Any, y: Any, *, distributed: bool | None) -> MDNRegressor:
+    def _fit(
+        self, X: Any, y: Any, *, distributed: bool | None, y_upper: Any = None
+    ) -> MDNRegressor:
         """``fit``, with ``training.fit``'s ``distributed`` switch.
 
         ``fit`` trains in this process only (``distributed=False``), also when the caller
@@ -241,10 +268,18 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         check_params(self)
         if distributed is not False:
             check_distributable(self)
-        X, y = _validate_data(
-            self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
-        )
-        fit_arrays(self, X, y, distributed)
+        if y_upper is None and not _has_nan(y):
+            X, y = _features(
+                self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
+            )
+        else:  # NaN (missing) and infinite (censored) ends are allowed in y
+            X = _features(self, X, reset=True)
+            y = check_array(y, ensure_2d=False, dtype=np.float64, ensure_all_finite=False)
+            if len(y) != len(X):
+                raise ValueError(f"X and y have {len(X)} and {len(y)} rows; they must match")
+            if y_upper is not None:
+                y_upper = upper_ends(y_upper, y.reshape(len(y), -1))
+        fit_arrays(self, X, y, distributed, y_upper)
         return self
 
     # ------------------------------------------------------------------------------------
@@ -259,15 +294,23 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
 
         Returns:
             A ``GaussianMixture`` with ``batch_shape (n,)``, ``event_shape (D,)`` and
-            ``n_estimators * n_components`` components, on the model's device (float32);
-            after :meth:`calibrate`, that mixture recalibrated (a ``torch.distributions``
-            object with ``log_prob``, ``cdf``, ``icdf``, ``sample`` and ``mean``).
+            ``n_estimators * n_components`` components, on the model's device (float32).
+            With ``target_resolution`` or ``target_bounds``: a ``TargetDistribution`` over
+            ``y`` (float64) whose ``base`` is that mixture over the transformed target.
+            After :meth:`calibrate`: that distribution recalibrated (a
+            ``RecalibratedDistribution`` with ``log_prob``, ``cdf``, ``icdf``, ``sample``,
+            ``mean``).
         """
+        gm = self._mixture(X)
+        dist = gm if self._targets.plain else TargetDistribution(gm, self._targets)
+        return (
+            dist if self.calibrator_ is None else RecalibratedDistribution(dist, self.calibrator_)
+        )
+
+    def _mixture(self, X: Any) -> GaussianMixture:
+        """The mixture over ``g(y)`` (``y`` itself without bounds) for array-like ``X``."""
         check_is_fitted(self)
-        X = _validate_data(self, X, dtype=np.float64, reset=False)
-        dist = self._distribution(X)
-        calibrator = getattr(self, "calibrator_", None)
-        return dist if calibrator is None else RecalibratedDistribution(dist, calibrator)
+        return _distribution(self, _features(self, X, reset=False))
 
     def calibrate(self, X: Any, y: Any) -> MDNRegressor:
         """Recalibrate the fitted model on held-out rows (quantile recalibration).
@@ -277,11 +320,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         values of ``(X, y)`` (rows the model was not trained on) and from then on forecasts
         ``R(F)``: :meth:`predict_quantiles`, :meth:`predict_interval`, :meth:`log_prob`,
         :meth:`sample`, :meth:`predict` and :meth:`predict_distribution` use it;
-        :meth:`predict_mode` stays that of the mixture. ``R`` is piecewise linear on a grid
-        of ``clip(sqrt(n), 5, 50)`` steps through the smoothed empirical cdf of the PIT
-        values, so it is strictly increasing and its slope (the density factor) stays
-        between ``a / (n + a)`` and the number of steps. One output only. Calling it again
-        replaces the previous recalibration (it starts from the fitted mixture).
+        :meth:`predict_mode` stays the model's. ``R`` is piecewise linear on a grid of
+        ``clip(sqrt(n), 5, 50)`` steps through the smoothed empirical cdf of the PIT values,
+        so it is strictly increasing and its slope (the density factor) stays bounded (see
+        ``mixture_density._calibration``). One continuous output only (bounds allowed, not
+        a grid). Calling it again replaces the previous recalibration.
 
         Args:
             X: ``(n, n_features)`` array-like, at least 20 rows.
@@ -291,8 +334,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             ``self``.
 
         Raises:
-            ValueError: more than one output, fewer than 20 rows, or rows whose ``y`` has
-                zero density under the fitted model (they are listed).
+            ValueError: more than one output, a grid target, fewer than 20 rows, or rows
+                whose ``y`` has zero density under the fitted model (they are listed).
 
         Example:
             >>> import numpy as np
@@ -305,23 +348,28 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             100
         """
         check_is_fitted(self)
-        if self.n_outputs_ != 1:
+        if self.n_outputs_ != 1 or any(o.resolution for o in self._targets.outputs):
             raise ValueError(
-                f"calibrate supports one output; this model has {self.n_outputs_} "
-                "(recalibrate each output's quantiles separately with one model per output)"
+                "calibrate supports one continuous output; this model has "
+                f"{self.n_outputs_} output(s)"
+                + (", on a grid" if self.n_outputs_ == 1 else "")
+                + " (recalibrate each output's quantiles with one model per output)"
             )
-        X = _validate_data(self, X, dtype=np.float64, reset=False)
+        X = _features(self, X, reset=False)
         if X.shape[0] < MIN_CALIBRATION_ROWS:
             raise ValueError(
                 f"calibrate needs at least {MIN_CALIBRATION_ROWS} rows to learn the PIT "
                 f"distribution, got {X.shape[0]}"
             )
-        dist = self._distribution(X)
-        Y = self._check_targets(y, X.shape[0])
+        self.calibrator_ = None  # score the model itself
+        dist = self.predict_distribution(X)
+        Y = _check_targets(self, y, X.shape[0])
         with torch.no_grad():
-            value = torch.as_tensor(Y, dtype=dist.loc.dtype, device=dist.loc.device)
-            log_density = dist.log_prob(value).cpu().double().numpy()
-            pit = dist.cdf(value).cpu().double().numpy()
+            value = torch.as_tensor(
+                Y, dtype=dist.base.dtype if hasattr(dist, "spec") else dist.dtype
+            )
+            log_density = dist.log_prob(value).double().cpu().numpy()
+            pit = dist.cdf(value).double().cpu().numpy()
         outside = np.flatnonzero(~np.isfinite(log_density))
         if outside.size:
             raise ValueError(
@@ -337,33 +385,49 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
         """
-        return self._output(self.predict_distribution(X).mean)
+        return _output(self, self.predict_distribution(X).mean)
 
     def predict_mode(self, X: Any) -> np.ndarray:
-        """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``).
+        """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``);
+        a ``ValueError`` with ``target_bounds`` or ``target_resolution`` (use the median).
 
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
         """
-        check_is_fitted(self)
-        X = _validate_data(self, X, dtype=np.float64, reset=False)
-        return self._output(self._distribution(X).mode)  # the mixture's, recalibrated or not
+        gm = self._mixture(X)
+        dist = gm if self._targets.plain else TargetDistribution(gm, self._targets)
+        return _output(self, dist.mode)  # the model's, recalibrated or not
 
-    def log_prob(self, X: Any, y: Any) -> np.ndarray:
+    def log_prob(self, X: Any, y: Any, y_upper: Any = None) -> np.ndarray:
         """Log density ``log p(y_i | x_i)`` per row, in the original units of ``y``.
+
+        On a grid the log probability mass of ``y``'s bin; for an interval row (``y_upper``
+        as in :meth:`fit`) its log probability; NaN entries of ``y`` are marginalized; values
+        outside ``target_bounds`` give ``-inf``.
 
         Args:
             X: ``(n, n_features)`` array-like.
             y: ``(n,)`` or ``(n, D)`` array-like.
+            y_upper: ``(n,)`` upper ends, ``D == 1`` (see :meth:`fit`), or ``None``.
 
         Returns:
             ``(n,)`` float64 array, in nats.
         """
-        dist = self.predict_distribution(X)
-        Y = self._check_targets(y, dist.batch_shape[0])
-        with torch.no_grad():
-            values = dist.log_prob(torch.as_tensor(Y, **self._tensor_kwargs()))
-        return values.cpu().double().numpy()
+        gm = self._mixture(X)
+        Y = _check_targets(self, y, gm.batch_shape[0])
+        if self.calibrator_ is not None:
+            if y_upper is not None or not np.isfinite(Y).all():
+                raise ValueError("a recalibrated model scores exact, finite y only")
+            dist = self.predict_distribution(X)
+            with torch.no_grad():
+                return dist.log_prob(torch.as_tensor(Y, dtype=gm.dtype)).double().numpy()
+        if y_upper is None and self._targets.plain and np.isfinite(Y).all():
+            with torch.no_grad():
+                values = gm.log_prob(torch.as_tensor(Y, dtype=gm.dtype, device=gm.loc.device))
+            return values.cpu().double().numpy()
+        check_observed(Y)
+        upper = None if y_upper is None else upper_ends(y_upper, Y)
+        return TargetDistribution(gm, self._targets).log_prob(Y, upper).numpy()
 
     def sample(
         self, X: Any, n_samples: int = 1, random_state: int | np.random.RandomState | None = None
@@ -389,12 +453,12 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 draws = dist.sample((int(n_samples),))
             else:
                 seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
-                device = self._tensor_kwargs()["device"]
+                device = next(self.models_[0].parameters()).device
                 devices = [device] if device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(seed)
                     draws = dist.sample((int(n_samples),))
-        return self._output(draws)
+        return _output(self, draws)
 
     def predict_quantiles(self, X: Any, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
         """Exact quantiles of the conditional distribution (per output dimension for ``D > 1``).
@@ -415,16 +479,19 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             )
         if not np.all((levels > 0.0) & (levels < 1.0)):
             raise ValueError(f"q must lie strictly between 0 and 1, got {levels.tolist()}")
-        dist = self.predict_distribution(X)
+        dist = self._mixture(X)
         n = dist.batch_shape[0]
-        qq = torch.as_tensor(levels, **self._tensor_kwargs())
+        qq = torch.as_tensor(levels, dtype=dist.loc.dtype, device=dist.loc.device)
+        if self.calibrator_ is not None:  # quantiles of R(F): F's at the levels R^-1(q)
+            qq = self.calibrator_.inverse(qq)
         qq = qq.unsqueeze(-1).expand(len(levels), n)  # (Q, n)
         with torch.no_grad():
             per_dim = [
                 dist.marginal([d]).icdf(qq).squeeze(-1).T  # (n, Q)
                 for d in range(self.n_outputs_)
             ]
-        out = torch.stack(per_dim, dim=1).cpu().double().numpy()  # (n, D, Q)
+        z = torch.stack(per_dim, dim=1).cpu().double()  # (n, D, Q)
+        out = self._targets.to_y(z.transpose(1, 2)).transpose(1, 2).numpy()
         return out[:, 0, :] if self._y_1d else out
 
     def predict_interval(self, X: Any, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
@@ -486,42 +553,74 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         """
         return load_estimator(cls, path, device)
 
-    # ------------------------------------------------------------------------------------
-    # Internals
-    # ------------------------------------------------------------------------------------
 
-    def _distribution(self, X: np.ndarray) -> GaussianMixture:
-        """Mixture in original units for validated ``(n, n_features)`` float64 inputs."""
-        device = next(self.models_[0].parameters()).device
-        Xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
-                xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
-                members = [m(xb) for m in self.models_]
-                chunks.append(GaussianMixture.cat(members, "components", self.member_weights_))
-            dist = GaussianMixture.cat(chunks, dim="batch")
-            scale = torch.as_tensor(self.y_scale_, dtype=dist.loc.dtype, device=device)
-            shift = torch.as_tensor(self.y_mean_, dtype=dist.loc.dtype, device=device)
-            return dist.affine(scale, shift)
+# ----------------------------------------------------------------------------------------
+# Internals (functions of the fitted estimator, outside the class to keep it short)
+# ----------------------------------------------------------------------------------------
 
-    def _tensor_kwargs(self) -> dict[str, Any]:
-        """``dtype`` and ``device`` of the predicted distributions (those of the networks)."""
-        parameter = next(self.models_[0].parameters())
-        return {"dtype": parameter.dtype, "device": parameter.device}
 
-    def _output(self, values: Tensor) -> np.ndarray:
-        """``(..., D)`` tensor -> float64 array, dropping ``D`` when ``y`` was 1-D."""
-        out = values.detach().cpu().double().numpy()
-        return out[..., 0] if self._y_1d else out
+def _has_nan(y: Any) -> bool:
+    """Whether ``y`` is a real floating array holding a NaN (missing targets); anything
+    else is left to the standard validation and its errors."""
+    try:
+        A = np.asarray(y)
+    except (TypeError, ValueError):
+        return False
+    return A.dtype.kind == "f" and bool(np.isnan(A).any())
 
-    def _check_targets(self, y: Any, n: int) -> np.ndarray:
-        Y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
-        if Y.ndim == 1:
-            Y = Y.reshape(-1, 1)
-        if Y.ndim != 2 or Y.shape != (n, self.n_outputs_):
-            expected = f"({n},)" if self.n_outputs_ == 1 else f"({n}, {self.n_outputs_})"
-            raise ValueError(
-                f"y must have shape {expected} to match X and the fitted targets, got {np.shape(y)}"
-            )
-        return Y
+
+def _features(est: MDNRegressor, X: Any, *args: Any, **kwargs: Any) -> Any:
+    """``_validate_data(est, X, *args, **kwargs)`` (float64 ``X`` by default), where a NaN in
+    ``X`` is an error naming its column and rows."""
+    try:
+        return _validate_data(est, X, *args, **{"dtype": np.float64, **kwargs})
+    except ValueError as err:
+        try:
+            A = np.asarray(X)
+        except (TypeError, ValueError):
+            raise err from None
+        if A.ndim != 2 or A.dtype.kind != "f" or not np.isnan(A).any():
+            raise
+        col = int(np.argmax(np.isnan(A).any(0)))
+        names = getattr(X, "columns", None)
+        name = f" ({names[col]!r})" if names is not None else ""
+        raise ValueError(
+            f"X contains NaN in column {col}{name}, {row_list(np.isnan(A[:, col]))}: missing "
+            "features are not supported; impute them (e.g. sklearn's SimpleImputer with "
+            "add_indicator=True in a Pipeline) or drop those rows"
+        ) from None
+
+
+def _distribution(est: MDNRegressor, X: np.ndarray) -> GaussianMixture:
+    """Mixture over ``g(y)`` in its original units for validated ``(n, d)`` float64 inputs."""
+    device = next(est.models_[0].parameters()).device
+    Xs = torch.as_tensor((X - est.x_mean_) / est.x_scale_, dtype=torch.float32)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
+            xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
+            members = [m(xb) for m in est.models_]
+            chunks.append(GaussianMixture.cat(members, "components", est.member_weights_))
+        dist = GaussianMixture.cat(chunks, dim="batch")
+        scale = torch.as_tensor(est.y_scale_, dtype=dist.loc.dtype, device=device)
+        shift = torch.as_tensor(est.y_mean_, dtype=dist.loc.dtype, device=device)
+        return dist.affine(scale, shift)
+
+
+def _output(est: MDNRegressor, values: Tensor) -> np.ndarray:
+    """``(..., D)`` tensor -> float64 array, dropping ``D`` when ``y`` was 1-D."""
+    out = values.detach().cpu().double().numpy()
+    return out[..., 0] if est._y_1d else out
+
+
+def _check_targets(est: MDNRegressor, y: Any, n: int) -> np.ndarray:
+    """``(n, D)`` float64 targets for ``log_prob`` (NaN and inf allowed)."""
+    Y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y", ensure_all_finite=False)
+    if Y.ndim == 1:
+        Y = Y.reshape(-1, 1)
+    if Y.ndim != 2 or Y.shape != (n, est.n_outputs_):
+        expected = f"({n},)" if est.n_outputs_ == 1 else f"({n}, {est.n_outputs_})"
+        raise ValueError(
+            f"y must have shape {expected} to match X and the fitted targets, got {np.shape(y)}"
+        )
+    return Y
