@@ -131,5 +131,5 @@ def test_calibrate_refuses_what_it_cannot_do() -> None:
     with pytest.raises(ValueError, match=r"rows \[3, 7\]"):
         model.calibrate(X[:30], far)
     two = MDNRegressor(n_components=1, hidden_dims=(8,), epochs=3).fit(X, np.c_[y, y])
-    with pytest.raises(ValueError, match="one output"):
+    with pytest.raises(ValueError, match="one continuous output"):
         two.calibrate(X, np.c_[y, y])

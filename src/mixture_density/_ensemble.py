@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ._options import FitResult
 from .distribution import GaussianMixture
 from .nn import MixtureDensityNetwork
+from .noise import HeadLayout
 
 __all__ = ["StackedMDN", "member_results"]
 
@@ -41,6 +42,30 @@ def _linears(member: MixtureDensityNetwork) -> list[nn.Linear]:
     return [layer for layer in _linear_layers(member) if isinstance(layer, nn.Linear)]
 
 
+def _embedded_rows(big: HeadLayout, small: HeadLayout) -> list[int]:
+    """Positions in ``big``'s raw output of the outputs of a head with fewer components
+    (same noise type and ``D``), in that head's order: its components are ``big``'s first.
+
+    Example:
+        >>> big = HeadLayout("diagonal", n_components=3, dim_out=2)
+        >>> _embedded_rows(big, HeadLayout("diagonal", n_components=1, dim_out=2))
+        [0, 3, 4, 9, 10]
+    """
+    if (small.noise_type, small.dim_out) != (big.noise_type, big.dim_out) or (
+        small.n_components > big.n_components
+    ):
+        raise ValueError(f"{small} is not a smaller layout of {big}")
+    k, K = small.n_components, big.n_components
+    per_scale = 0 if big.n_scale in (0, 1) else big.n_scale // K  # per component
+    shared_scale = big.n_scale if per_scale == 0 else 0  # one shared number, or none
+    scale0 = big.scale_rows.start
+    return [
+        *range(k),
+        *range(big.loc_rows.start, big.loc_rows.start + k * big.dim_out),
+        *range(scale0, scale0 + k * per_scale + shared_scale),
+    ]
+
+
 class StackedMDN(nn.Module):
     """``M`` networks of one architecture trained as one batched model.
 
@@ -55,7 +80,7 @@ class StackedMDN(nn.Module):
     gradient.
 
     Members may differ in their number of components (and only in that): each head is then
-    embedded in one of the largest ``K`` (:meth:`HeadLayout.rows_of`); the rows a smaller
+    embedded in one of the largest ``K`` (:func:`_embedded_rows`); the rows a smaller
     head does not have start at zero and its extra components get a logit of ``-inf``, so
     they have zero weight and receive no gradient.
 
@@ -85,7 +110,7 @@ class StackedMDN(nn.Module):
             shape for lin in _linears(widest) for shape in (lin.weight.shape, lin.bias.shape)
         ]
         # Per member: the rows of the widest head that its own head's rows go to.
-        self._rows = [widest.head.layout.rows_of(m.head.layout) for m in members]
+        self._rows = [_embedded_rows(widest.head.layout, m.head.layout) for m in members]
         rows = [self._flat_row(m, r) for m, r in zip(members, self._rows)]
         self.flat = nn.Parameter(torch.stack(rows))  # (M, P)
         K = widest.n_components

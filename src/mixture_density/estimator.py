@@ -20,12 +20,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
-    from sklearn.utils import check_random_state
     from sklearn.utils.validation import check_array, check_is_fitted
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -40,11 +37,21 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
         return estimator._validate_data(*args, **kwargs)
 
 
-from ._calibration import MIN_CALIBRATION_ROWS, PITCalibrator, RecalibratedDistribution
+from ._calibration import RecalibratedDistribution
 from ._fitting import check_distributable, check_params, fit_arrays
 from ._likelihood import TargetDistribution
 from ._persistence import load_estimator, save_estimator
-from ._targets import check_observed, row_list, upper_ends
+from ._prediction import (
+    distribution,
+    draws,
+    features,
+    has_nan,
+    log_density,
+    output,
+    quantiles,
+    recalibration,
+)
+from ._targets import upper_ends
 from .distribution import GaussianMixture
 
 __all__ = ["DEFAULTS", "MDNRegressor"]
@@ -72,9 +79,6 @@ DEFAULTS: Mapping[str, Any] = {
     "patience": "auto",
     "noise_regularization": None,
 }
-
-# Rows per forward pass at prediction time: bounds the activation memory for large inputs.
-_PREDICT_CHUNK_ROWS = 65536
 
 
 class MDNRegressor(RegressorMixin, BaseEstimator):
@@ -268,12 +272,12 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         check_params(self)
         if distributed is not False:
             check_distributable(self)
-        if y_upper is None and not _has_nan(y):
-            X, y = _features(
+        if y_upper is None and not has_nan(y):
+            X, y = features(
                 self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
             )
         else:  # NaN (missing) and infinite (censored) ends are allowed in y
-            X = _features(self, X, reset=True)
+            X = features(self, X, reset=True)
             y = check_array(y, ensure_2d=False, dtype=np.float64, ensure_all_finite=False)
             if len(y) != len(X):
                 raise ValueError(f"X and y have {len(X)} and {len(y)} rows; they must match")
@@ -310,7 +314,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     def _mixture(self, X: Any) -> GaussianMixture:
         """The mixture over ``g(y)`` (``y`` itself without bounds) for array-like ``X``."""
         check_is_fitted(self)
-        return _distribution(self, _features(self, X, reset=False))
+        return distribution(self, features(self, X, reset=False))
 
     def calibrate(self, X: Any, y: Any) -> MDNRegressor:
         """Recalibrate the fitted model on held-out rows (quantile recalibration).
@@ -347,36 +351,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             >>> model.calibrate(X[200:], y[200:]).calibrator_.n
             100
         """
-        check_is_fitted(self)
-        if self.n_outputs_ != 1 or any(o.resolution for o in self._targets.outputs):
-            raise ValueError(
-                "calibrate supports one continuous output; this model has "
-                f"{self.n_outputs_} output(s)"
-                + (", on a grid" if self.n_outputs_ == 1 else "")
-                + " (recalibrate each output's quantiles with one model per output)"
-            )
-        X = _features(self, X, reset=False)
-        if X.shape[0] < MIN_CALIBRATION_ROWS:
-            raise ValueError(
-                f"calibrate needs at least {MIN_CALIBRATION_ROWS} rows to learn the PIT "
-                f"distribution, got {X.shape[0]}"
-            )
-        self.calibrator_ = None  # score the model itself
-        dist = self.predict_distribution(X)
-        Y = _check_targets(self, y, X.shape[0])
-        with torch.no_grad():
-            value = torch.as_tensor(
-                Y, dtype=dist.base.dtype if hasattr(dist, "spec") else dist.dtype
-            )
-            log_density = dist.log_prob(value).double().cpu().numpy()
-            pit = dist.cdf(value).double().cpu().numpy()
-        outside = np.flatnonzero(~np.isfinite(log_density))
-        if outside.size:
-            raise ValueError(
-                f"y of rows {outside[:10].tolist()} has zero density under the fitted model "
-                "(outside its support); calibrate on rows the model can score"
-            )
-        self.calibrator_ = PITCalibrator.fit(pit)
+        self.calibrator_ = recalibration(self, X, y)
         return self
 
     def predict(self, X: Any) -> np.ndarray:
@@ -385,7 +360,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
         """
-        return _output(self, self.predict_distribution(X).mean)
+        return output(self, self.predict_distribution(X).mean)
 
     def predict_mode(self, X: Any) -> np.ndarray:
         """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``);
@@ -396,7 +371,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         """
         gm = self._mixture(X)
         dist = gm if self._targets.plain else TargetDistribution(gm, self._targets)
-        return _output(self, dist.mode)  # the model's, recalibrated or not
+        return output(self, dist.mode)  # the model's, recalibrated or not
 
     def log_prob(self, X: Any, y: Any, y_upper: Any = None) -> np.ndarray:
         """Log density ``log p(y_i | x_i)`` per row, in the original units of ``y``.
@@ -413,21 +388,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n,)`` float64 array, in nats.
         """
-        gm = self._mixture(X)
-        Y = _check_targets(self, y, gm.batch_shape[0])
-        if self.calibrator_ is not None:
-            if y_upper is not None or not np.isfinite(Y).all():
-                raise ValueError("a recalibrated model scores exact, finite y only")
-            dist = self.predict_distribution(X)
-            with torch.no_grad():
-                return dist.log_prob(torch.as_tensor(Y, dtype=gm.dtype)).double().numpy()
-        if y_upper is None and self._targets.plain and np.isfinite(Y).all():
-            with torch.no_grad():
-                values = gm.log_prob(torch.as_tensor(Y, dtype=gm.dtype, device=gm.loc.device))
-            return values.cpu().double().numpy()
-        check_observed(Y)
-        upper = None if y_upper is None else upper_ends(y_upper, Y)
-        return TargetDistribution(gm, self._targets).log_prob(Y, upper).numpy()
+        return log_density(self, X, y, y_upper)
 
     def sample(
         self, X: Any, n_samples: int = 1, random_state: int | np.random.RandomState | None = None
@@ -443,22 +404,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n_samples, n)`` if ``y`` was fitted as a 1-D array, else ``(n_samples, n, D)``.
         """
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
-            raise TypeError(f"n_samples must be an integer, got {n_samples!r}")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-        dist = self.predict_distribution(X)
-        with torch.no_grad():
-            if random_state is None:
-                draws = dist.sample((int(n_samples),))
-            else:
-                seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
-                device = next(self.models_[0].parameters()).device
-                devices = [device] if device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(seed)
-                    draws = dist.sample((int(n_samples),))
-        return _output(self, draws)
+        return draws(self, X, n_samples, random_state)
 
     def predict_quantiles(self, X: Any, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
         """Exact quantiles of the conditional distribution (per output dimension for ``D > 1``).
@@ -472,27 +418,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n, Q)`` if ``y`` was fitted as a 1-D array, else ``(n, D, Q)`` (float64).
         """
-        levels = np.atleast_1d(np.asarray(q, dtype=np.float64))
-        if levels.ndim != 1 or levels.size == 0:
-            raise ValueError(
-                f"q must be a scalar or a non-empty 1-D sequence, got shape {levels.shape}"
-            )
-        if not np.all((levels > 0.0) & (levels < 1.0)):
-            raise ValueError(f"q must lie strictly between 0 and 1, got {levels.tolist()}")
-        dist = self._mixture(X)
-        n = dist.batch_shape[0]
-        qq = torch.as_tensor(levels, dtype=dist.loc.dtype, device=dist.loc.device)
-        if self.calibrator_ is not None:  # quantiles of R(F): F's at the levels R^-1(q)
-            qq = self.calibrator_.inverse(qq)
-        qq = qq.unsqueeze(-1).expand(len(levels), n)  # (Q, n)
-        with torch.no_grad():
-            per_dim = [
-                dist.marginal([d]).icdf(qq).squeeze(-1).T  # (n, Q)
-                for d in range(self.n_outputs_)
-            ]
-        z = torch.stack(per_dim, dim=1).cpu().double()  # (n, D, Q)
-        out = self._targets.to_y(z.transpose(1, 2)).transpose(1, 2).numpy()
-        return out[:, 0, :] if self._y_1d else out
+        return quantiles(self, X, q)
 
     def predict_interval(self, X: Any, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """Central prediction interval ``[F^-1((1 - level) / 2), F^-1((1 + level) / 2)]``.
@@ -552,75 +478,3 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             ValueError: ``device`` is a CUDA device and CUDA is not available.
         """
         return load_estimator(cls, path, device)
-
-
-# ----------------------------------------------------------------------------------------
-# Internals (functions of the fitted estimator, outside the class to keep it short)
-# ----------------------------------------------------------------------------------------
-
-
-def _has_nan(y: Any) -> bool:
-    """Whether ``y`` is a real floating array holding a NaN (missing targets); anything
-    else is left to the standard validation and its errors."""
-    try:
-        A = np.asarray(y)
-    except (TypeError, ValueError):
-        return False
-    return A.dtype.kind == "f" and bool(np.isnan(A).any())
-
-
-def _features(est: MDNRegressor, X: Any, *args: Any, **kwargs: Any) -> Any:
-    """``_validate_data(est, X, *args, **kwargs)`` (float64 ``X`` by default), where a NaN in
-    ``X`` is an error naming its column and rows."""
-    try:
-        return _validate_data(est, X, *args, **{"dtype": np.float64, **kwargs})
-    except ValueError as err:
-        try:
-            A = np.asarray(X)
-        except (TypeError, ValueError):
-            raise err from None
-        if A.ndim != 2 or A.dtype.kind != "f" or not np.isnan(A).any():
-            raise
-        col = int(np.argmax(np.isnan(A).any(0)))
-        names = getattr(X, "columns", None)
-        name = f" ({names[col]!r})" if names is not None else ""
-        raise ValueError(
-            f"X contains NaN in column {col}{name}, {row_list(np.isnan(A[:, col]))}: missing "
-            "features are not supported; impute them (e.g. sklearn's SimpleImputer with "
-            "add_indicator=True in a Pipeline) or drop those rows"
-        ) from None
-
-
-def _distribution(est: MDNRegressor, X: np.ndarray) -> GaussianMixture:
-    """Mixture over ``g(y)`` in its original units for validated ``(n, d)`` float64 inputs."""
-    device = next(est.models_[0].parameters()).device
-    Xs = torch.as_tensor((X - est.x_mean_) / est.x_scale_, dtype=torch.float32)
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
-            xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
-            members = [m(xb) for m in est.models_]
-            chunks.append(GaussianMixture.cat(members, "components", est.member_weights_))
-        dist = GaussianMixture.cat(chunks, dim="batch")
-        scale = torch.as_tensor(est.y_scale_, dtype=dist.loc.dtype, device=device)
-        shift = torch.as_tensor(est.y_mean_, dtype=dist.loc.dtype, device=device)
-        return dist.affine(scale, shift)
-
-
-def _output(est: MDNRegressor, values: Tensor) -> np.ndarray:
-    """``(..., D)`` tensor -> float64 array, dropping ``D`` when ``y`` was 1-D."""
-    out = values.detach().cpu().double().numpy()
-    return out[..., 0] if est._y_1d else out
-
-
-def _check_targets(est: MDNRegressor, y: Any, n: int) -> np.ndarray:
-    """``(n, D)`` float64 targets for ``log_prob`` (NaN and inf allowed)."""
-    Y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y", ensure_all_finite=False)
-    if Y.ndim == 1:
-        Y = Y.reshape(-1, 1)
-    if Y.ndim != 2 or Y.shape != (n, est.n_outputs_):
-        expected = f"({n},)" if est.n_outputs_ == 1 else f"({n}, {est.n_outputs_})"
-        raise ValueError(
-            f"y must have shape {expected} to match X and the fitted targets, got {np.shape(y)}"
-        )
-    return Y

@@ -484,30 +484,6 @@ class HeadLayout:
         K, KD, S = self.sizes
         return slice(K + KD, K + KD + S)
 
-    def rows_of(self, smaller: HeadLayout) -> list[int]:
-        """Positions in this layout's raw output of the outputs of a head with fewer
-        components (same noise type and ``D``), in that head's order: its components are
-        this head's first ones. For a batched ensemble whose members differ in ``K``.
-
-        Example:
-            >>> big = HeadLayout("diagonal", n_components=3, dim_out=2)
-            >>> big.rows_of(HeadLayout("diagonal", n_components=1, dim_out=2))
-            [0, 3, 4, 9, 10]
-        """
-        if (smaller.noise_type, smaller.dim_out) != (self.noise_type, self.dim_out) or (
-            smaller.n_components > self.n_components
-        ):
-            raise ValueError(f"{smaller} is not a smaller layout of {self}")
-        k, K = smaller.n_components, self.n_components
-        per_scale = 0 if K == 0 or self.n_scale in (0, 1) else self.n_scale // K
-        shared_scale = self.n_scale if per_scale == 0 else 0  # 1 shared number, or none
-        scale0 = self.scale_rows.start
-        return [
-            *range(k),
-            *range(self.loc_rows.start, self.loc_rows.start + k * self.dim_out),
-            *range(scale0, scale0 + k * per_scale + shared_scale),
-        ]
-
     def split(self, raw: Tensor, dim: int = -1) -> tuple[Tensor, Tensor, Tensor]:
         """Views of the three blocks of ``raw``, whose axis ``dim`` has ``n_outputs`` entries.
 
