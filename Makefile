@@ -47,6 +47,7 @@ bench-smoke: dev
 	$(PY) benchmarks/uci.py --quick
 	$(PY) benchmarks/forecast.py --quick
 	$(PY) benchmarks/onnx_latency.py --quick
+	$(PY) benchmarks/targets.py --quick
 
 test: lint typecheck pytest bench-smoke
 

@@ -33,7 +33,8 @@ def make_data(path: Path, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     X = rng.uniform(-2, 2, size=(rows, 4))
     y = 3000 + 800 * np.sin(X[:, 0]) + 300 * X[:, 1] * (1 + 0.5 * rng.standard_normal(rows))
     header = "x0,x1,x2,x3,y\n"
-    path.write_text(header + "".join(",".join(map(repr, r)) + "\n" for r in np.c_[X, y]))
+    rows = np.c_[X, y].tolist()  # Python floats: their repr is the shortest exact text
+    path.write_text(header + "".join(",".join(map(repr, r)) + "\n" for r in rows))
     return X, y
 
 
@@ -64,18 +65,23 @@ def main(argv: list[str] | None = None) -> int:
         X_test, _ = make_data(folder / "test.csv", 2000, args.seed + 1)
         sd = float(np.std(y))
         print(f"{args.rows} rows, y in the thousands (sd {sd:.0f}); float32 MDN, 2x64, K=5")
-        print("| epochs | max abs diff | median abs diff | max / sd(y) | identical |")
-        print("|---:|---:|---:|---:|---:|")
+        print(
+            "| epochs | max abs diff | median abs diff | max / sd(y) | identical | "
+            "val NLL, 1 process | val NLL, 2 processes |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for epochs in args.epochs:
-            preds = []
+            preds, val = [], []
             for processes in (1, 2):
                 out = folder / f"m{processes}_{epochs}.pt"
                 fit(folder / "data.csv", out, epochs, processes)
-                preds.append(MDNRegressor.load(out).predict(X_test))
+                model = MDNRegressor.load(out)
+                preds.append(model.predict(X_test))
+                val.append(model.val_nll_)
             diff = np.abs(preds[0] - preds[1])
             print(
                 f"| {epochs} | {diff.max():.3g} | {np.median(diff):.3g} | "
-                f"{diff.max() / sd:.2g} | {np.mean(diff == 0):.0%} |"
+                f"{diff.max() / sd:.2g} | {np.mean(diff == 0):.0%} | {val[0]:.4f} | {val[1]:.4f} |"
             )
     return 0
 

@@ -115,9 +115,18 @@ def test_signal_while_importing_gives_one_line(work: Path, sig: int, code: int, 
 
 
 def big_data(path: Path) -> Path:
-    """Data that takes a while to fit (early stopping needs 30 epochs of a fraction of a
-    second each), so that a signal after a few seconds lands in the middle of training."""
-    return write_data(path, n=30_000, seed=1)
+    """Data whose epochs take a few milliseconds (fitted with --patience 100000: no early
+    stopping), so that a signal a few seconds into training finds epochs completed."""
+    return write_data(path, n=2000, seed=1)
+
+
+def wait_for_training(proc: subprocess.Popen[str]) -> None:
+    """Block until the command says it starts training (its first stdout line)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(("training on", "streaming")), line
+    if line.startswith("streaming"):
+        assert proc.stdout.readline().startswith("training on")
 
 
 @pytest.mark.parametrize("mode", ["one network", "ensemble", "streamed"])
@@ -127,12 +136,13 @@ def test_interrupted_fit_keeps_the_model_and_saves_the_best_weights_aside(
     big_data(work / "big.csv")
     before = files(work)
     extra = {"one network": ["--estimators", "1"], "ensemble": [], "streamed": ["--stream"]}
-    proc = start("fit", "big.csv", "--target", "y", "--epochs", "100000", "--hidden", "8",
-                 "--quiet", *extra[mode], "--out", "model.pt", cwd=work)  # fmt: skip
-    deadline = time.monotonic() + 60
-    time.sleep(8)  # import, read, then some epochs
+    forever = ["--epochs", "100000", "--patience", "100000"]
+    proc = start("fit", "big.csv", "--target", "y", *forever, "--hidden", "8", "--quiet",
+                 *extra[mode], "--out", "model.pt", cwd=work)  # fmt: skip
+    wait_for_training(proc)
+    time.sleep(10)  # some epochs (the first optimizer step imports torch._dynamo: seconds)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=max(5, deadline - time.monotonic() + 60))
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     line = one_line(err)
     assert line.startswith("mdn: interrupted in epoch ") and "model.pt is unchanged" in line

@@ -62,6 +62,12 @@ def _fit(args: argparse.Namespace) -> int:
             "--val-rows applies to streamed fits (--stream, or a file larger than "
             "--memory-budget); in memory, a random 10% of the rows is held out"
         )
+    targeted = [o for o, v in _TARGET_OPTIONS(args) if v]
+    if stream and targeted:
+        raise MixtureDensityError(
+            f"{', '.join(targeted)} need(s) an in-memory fit; the file is streamed "
+            f"({'--stream' if args.stream else 'larger than --memory-budget'})"
+        )
     if args.estimators is None:
         # Ensemble members are trained as one batched model, which needs all rows in one
         # process: streamed and distributed fits train one network.
@@ -73,13 +79,16 @@ def _fit(args: argparse.Namespace) -> int:
             "--memory-budget or torchrun"
         )
     model = MDNRegressor(
-        n_components=args.components,
+        n_components=args.components if args.components is not None else DEFAULTS["n_components"],
         hidden_dims=tuple(args.hidden),
         noise_type=args.noise,
         n_estimators=args.estimators,
         epochs=args.epochs if args.epochs is not None else DEFAULTS["epochs"],
+        patience=args.patience if args.patience is not None else DEFAULTS["patience"],
         verbose=not args.quiet,
         random_state=args.seed,
+        target_resolution=_resolution(args.resolution),
+        target_bounds=_bounds(args.bounds),
     )
     check_params(model)  # bad hyperparameters fail before the data are read
     is_main = _env.rank() == 0
@@ -109,8 +118,7 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         table = Table(args.data)
         features, targets = _fit_columns(args, table.header)
-        X = table.numeric(features, "feature")
-        y = table.numeric(targets, "target")
+        X, y, y_upper = read_data(args, table, features, targets)
         del table  # the text of every cell: several times the size of X and y
         Y = y[:, 0] if len(targets) == 1 else y
         n_rows, streamed = X.shape[0], None
@@ -118,8 +126,16 @@ def _fit(args: argparse.Namespace) -> int:
         def train() -> MDNRegressor:
             # MDNRegressor.fit trains in this process only; under torchrun the same fit
             # trains data-parallel (DDP) over the ranks.
-            return model._fit(X, Y, distributed=None) if world > 1 else model.fit(X, Y)
+            if world > 1:
+                return model._fit(X, Y, distributed=None, y_upper=y_upper)
+            return model.fit(X, Y, y_upper=y_upper)
 
+    if is_main:
+        print(
+            f"training on {n_rows} rows ({len(features)} features -> {len(targets)} targets); "
+            "Ctrl-C stops and keeps the best weights so far",
+            flush=True,
+        )
     start = time.perf_counter()
 
     def finish(fitted: MDNRegressor) -> None:
@@ -136,7 +152,7 @@ def _fit(args: argparse.Namespace) -> int:
         where = f" on {world} processes" if world > 1 else ""
         print(
             f"trained on {n_rows} rows ({len(features)} features -> {len(targets)} targets)"
-            f"{where}, K={args.components}, {args.noise}, {result.epochs_run} epochs "
+            f"{where}, {args.noise}: {fitted.plan_.summary()}; {result.epochs_run} epochs "
             f"({result.stop_reason}) in {seconds:.1f} s"
         )
         if math.isnan(fitted.val_nll_):
@@ -148,7 +164,8 @@ def _fit(args: argparse.Namespace) -> int:
                 f"(the first {streamed.n_val} rows of the file)"
             )
         else:
-            print(f"validation NLL: {fitted.val_nll_:.4f} nats per row")
+            kind = " (log probability of the grid bins)" if args.resolution else ""
+            print(f"validation NLL: {fitted.val_nll_:.4f} nats per row{kind}")
         print(f"wrote {args.out}")
 
     def keep_interrupted(fitted: MDNRegressor) -> int:
@@ -184,19 +201,22 @@ def interrupted_path(out: str) -> str:
 
 
 def _fit_columns(args: argparse.Namespace, header: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(features, targets)`` of ``mdn fit``: named, or every non-target column."""
+    """``(features, targets)`` of ``mdn fit``: named, or every other column (not the
+    targets, nor ``--event``/``--upper``)."""
     targets = list(dict.fromkeys(args.target))
     column_indices(args.data, header, targets, "target")
+    used = targets + [c for c in (args.event, args.upper) if c is not None]
     if args.features:
         features = list(dict.fromkeys(args.features))
-        overlap = sorted(set(features) & set(targets))
+        overlap = sorted(set(features) & set(used))
         if overlap:
             raise MixtureDensityError(
-                f"column(s) {', '.join(map(repr, overlap))} are both feature and target"
+                f"column(s) {', '.join(map(repr, overlap))} are both feature and target "
+                "(or --event/--upper)"
             )
         column_indices(args.data, header, features, "feature")
     else:
-        features = [name for name in header if name not in targets]
+        features = [name for name in header if name not in used]
         if not features:
             raise MixtureDensityError(f"{args.data}: no feature columns left after the targets")
     return features, targets
@@ -282,6 +302,81 @@ def _fit_distributed(
     os._exit(code)
 
 
+def _TARGET_OPTIONS(args: argparse.Namespace) -> list[tuple[str, Any]]:  # noqa: N802
+    return [
+        ("--resolution", args.resolution),
+        ("--bounds", args.bounds),
+        ("--event", args.event),
+        ("--upper", args.upper),
+        ("--missing drop", args.missing == "drop"),
+    ]
+
+
+def _resolution(values: Sequence[float] | None) -> float | list[float] | None:
+    """``--resolution H [H ...]``: one spacing for every target, or one per target."""
+    if not values:
+        return None
+    return float(values[0]) if len(values) == 1 else [float(v) for v in values]
+
+
+def _bounds(pairs: Sequence[Sequence[float | None]] | None) -> Any:
+    """``--bounds LO HI`` (repeated: one pair per target)."""
+    if not pairs:
+        return None
+    return tuple(pairs[0]) if len(pairs) == 1 else [tuple(p) for p in pairs]
+
+
+def read_data(
+    args: argparse.Namespace, table: Table, features: Sequence[str], targets: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``X (n, d)``, ``y (n, D)`` (NaN: a missing target, ``D > 1``) and ``y_upper (n, 1)``
+    (from ``--event`` or ``--upper``, else ``None``) of ``mdn fit`` and ``mdn evaluate``.
+
+    A missing feature cell, or a row with no target value, is an error naming its line;
+    ``--missing drop`` drops those rows instead and says how many.
+    """
+    drop = args.missing == "drop"
+    X = table.numeric(features, "feature", missing=drop)
+    y = table.numeric(targets, "target", missing=drop or len(targets) > 1)
+    y_upper = None
+    if (args.event or args.upper) and len(targets) != 1:
+        raise MixtureDensityError(
+            f"--event and --upper need one target column, got {len(targets)}: {list(targets)}"
+        )
+    if args.event and args.upper:
+        raise MixtureDensityError("give --event or --upper, not both")
+    if args.event:
+        event = table.numeric([args.event], "event", missing=drop)[:, 0]
+        bad = ~np.isin(event, (0.0, 1.0)) & ~np.isnan(event)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise MixtureDensityError(
+                f"{table.path} line {table.lines[i]}, column {args.event!r} (--event): "
+                f"{event[i]:g}; it must be 1 (event observed) or 0 (right-censored)"
+            )
+        y_upper = np.where(event == 1.0, np.nan, np.where(event == 0.0, np.inf, np.nan))[:, None]
+        y[np.isnan(event)] = np.nan  # a row without its event indicator has no target
+    elif args.upper:
+        y_upper = table.numeric([args.upper], "upper", missing=True, infinite=True)
+    keep = ~np.isnan(X).any(1) & ~np.isnan(y).all(1)
+    if not keep.all():
+        lines = [table.lines[i] for i in np.flatnonzero(~keep)[:5]]
+        more = f" and {int((~keep).sum()) - 5} more" if (~keep).sum() > 5 else ""
+        if not drop:
+            raise MixtureDensityError(
+                f"{table.path} line(s) {', '.join(map(str, lines))}{more}: no target value "
+                "(every row needs at least one); pass --missing drop to drop such rows"
+            )
+        print(
+            f"dropped {int((~keep).sum())} of {len(keep)} rows with missing cells (--missing drop)"
+        )
+        if not keep.any():
+            raise MixtureDensityError(f"{table.path}: no complete row left after --missing drop")
+        X, y = X[keep], y[keep]
+        y_upper = None if y_upper is None else y_upper[keep]
+    return X, y, y_upper
+
+
 def _load_model(path: str) -> MDNRegressor:
     from .estimator import MDNRegressor
 
@@ -332,9 +427,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .metrics import energy_score, evaluate
+    from ._targets import point_masses
 
     if args.plot is not None:
         check_output_path(
@@ -348,12 +441,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.model} stores no target column names (saved without metadata); "
             "evaluate needs a model written by 'mdn fit'"
         )
-    X = _features_of(model, table)
-    y = table.numeric(targets, "target")
-    dist = model.predict_distribution(X)
+    features = model.metadata_.get("features")
+    if features is None:  # saved from Python without column names: every column, in order
+        _features_of(model, table)  # checks the count
+        features = table.header
+    X, y, y_upper = read_data(args, table, features, targets)
+    print(f"rows: {X.shape[0]}")
+    spec = model.target_transform_
+    plain = all(t["map"] == "identity" and t["resolution"] is None for t in spec)
+    if plain and y_upper is None and not np.isnan(y).any():
+        _continuous_report(args, model, X, y)
+    else:
+        _target_report(model, X, y, y_upper)
+    resolution = [t["resolution"] for t in spec]
+    for d, text, h in point_masses(y, resolution):
+        fix = f"--resolution {h:g}" if h else "--resolution"
+        print(
+            f"note: target {targets[d]!r} has point masses ({text}); a density there can put "
+            f"spikes on them and its NLL says nothing about the fit: refit with {fix}"
+        )
+    return 0
+
+
+def _continuous_report(args: argparse.Namespace, model: MDNRegressor, X: Any, y: Any) -> None:
+    import torch
+
+    from .metrics import energy_score, evaluate
+
+    dist = model._mixture(X)
     y_t = torch.as_tensor(y, dtype=dist.loc.dtype)
     report = evaluate(dist, y_t)
-    print(f"rows: {X.shape[0]}")
     print(f"NLL:  {report['nll']:.4f} nats per row")
     print(f"CRPS: {report['crps']:.4f}" + (" (mean over targets)" if y.shape[1] > 1 else ""))
     if y.shape[1] > 1:
@@ -374,7 +491,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot_reliability(dist, y_t, ax=fig.subplots())
         save_figure(fig, args.plot)
         print(f"wrote {args.plot}")
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -392,6 +508,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     outputs = ", ".join(output_names(model.noise_type))
     print(
         f"wrote {args.out}: input x (batch, {model.n_features_in_}) float32 -> {outputs} "
-        f"(K'={len(model.models_) * model.n_components}, D={model.n_outputs_}, original units)"
+        f"(K'={sum(m.n_components for m in model.models_)}, D={model.n_outputs_}, original units)"
     )
     return 0
+
+
+def _target_report(model: MDNRegressor, X: Any, y: Any, y_upper: Any) -> None:
+    """NLL and interval coverage of grid, bounded, censored or partly missing targets."""
+    Y = y[:, 0] if y.shape[1] == 1 else y
+    nll = -float(np.mean(model.log_prob(X, Y, y_upper)))
+    kinds = []
+    if any(t["resolution"] is not None for t in model.target_transform_):
+        kinds.append("probability mass of the grid values")
+    if y_upper is not None:
+        kinds.append("survival or interval probability for censored rows")
+    if np.isnan(y).any():
+        kinds.append("marginal over the observed targets")
+    print(f"NLL:  {nll:.4f} nats per row" + (f" ({'; '.join(kinds)})" if kinds else ""))
+    exact = ~np.isnan(y)
+    if y_upper is not None:
+        exact &= np.isnan(y_upper) | (y_upper == y)
+    for level in (0.5, 0.9):
+        lower, upper = model.predict_interval(X, level)
+        lower, upper = lower.reshape(y.shape), upper.reshape(y.shape)
+        inside = (lower <= y) & (y <= upper)
+        print(
+            f"coverage of the central {level:.0%} interval: {inside[exact].mean():.1%} "
+            f"({int(exact.sum())} exactly observed values)"
+        )
+    print("CRPS and calibration: reported for continuous, fully observed targets only")

@@ -192,7 +192,13 @@ def column_indices(
 
 
 def to_floats(
-    path: str, rows: list[list[str]], lines: Sequence[int], names: Sequence[str | int]
+    path: str,
+    rows: list[list[str]],
+    lines: Sequence[int],
+    names: Sequence[str | int],
+    *,
+    missing: bool = False,
+    infinite: bool = False,
 ) -> np.ndarray:
     """``(m, p)`` float64 array of text cells; every cell must be a finite number.
 
@@ -201,6 +207,8 @@ def to_floats(
         rows: ``m`` rows of ``p`` cells.
         lines: the line of the file of every row.
         names: the name (or index) of every column.
+        missing: read empty, ``nan`` and ``NA`` cells as NaN instead of refusing them.
+        infinite: accept ``inf`` and ``-inf``.
 
     Raises:
         MixtureDensityError: naming the line and column of the first bad cell: empty, not a
@@ -214,12 +222,18 @@ def to_floats(
         ...
         mixture_density._errors.MixtureDensityError: d.csv line 3, column 'b': 'nan' (missing or infinite values are not supported; drop or impute the row)
     """  # noqa: E501
+    if missing:
+        rows = [[_MISSING_TEXT.get(c.strip().lower(), c) for c in row] for row in rows]
     try:
         arr = np.array(rows, dtype=np.float64)  # (m, p)
     except ValueError:
         arr = None
-    if arr is not None and bool((np.abs(arr) <= MAX_ABS_VALUE).all()):  # NaN fails it too
-        return arr
+    if arr is not None:
+        ok = np.abs(arr) <= MAX_ABS_VALUE  # NaN fails it too
+        if missing or infinite:
+            ok |= (missing & np.isnan(arr)) | (infinite & np.isinf(arr))
+        if bool(ok.all()):
+            return arr
     # Rare: find the first bad cell and name it (or, if Python reads every cell that numpy
     # would not, e.g. "1_000" in older numpy, use Python's numbers).
     for row, line in zip(rows, lines):
@@ -230,6 +244,8 @@ def to_floats(
             except ValueError:
                 problem = "empty cell" if not cell.strip() else f"{_shown(cell)} is not a number"
                 raise MixtureDensityError(f"{where}: {problem}") from None
+            if (missing and math.isnan(value)) or (infinite and math.isinf(value)):
+                continue
             if not math.isfinite(value):
                 raise MixtureDensityError(
                     f"{where}: {_shown(cell)} (missing or infinite values are not supported; "
@@ -241,6 +257,10 @@ def to_floats(
                     "overflow when squared for the standardization; rescale the column)"
                 )
     return np.array([[float(cell) for cell in row] for row in rows], dtype=np.float64)
+
+
+#: Cells read as NaN by ``to_floats(..., missing=True)`` (lower case, stripped).
+_MISSING_TEXT = {"": "nan", "na": "nan", "nan": "nan"}
 
 
 def _shown(cell: str) -> str:
@@ -285,11 +305,14 @@ class Table:
         if not self.rows:
             raise MixtureDensityError(f"{path}: no data rows after the header")
 
-    def numeric(self, names: Sequence[str], what: str) -> np.ndarray:
-        """``(n_rows, len(names))`` float64 array of the named columns (finite numbers)."""
+    def numeric(
+        self, names: Sequence[str], what: str, *, missing: bool = False, infinite: bool = False
+    ) -> np.ndarray:
+        """``(n_rows, len(names))`` float64 array of the named columns (finite numbers; NaN
+        for missing cells with ``missing``, and infinities with ``infinite``)."""
         index = column_indices(self.path, self.header, names, what)
         cells = [[row[i] for i in index] for row in self.rows]
-        return to_floats(self.path, cells, self.lines, names)
+        return to_floats(self.path, cells, self.lines, names, missing=missing, infinite=infinite)
 
 
 def write_csv(path: str | None, header: Sequence[str], rows: np.ndarray) -> None:

@@ -43,7 +43,12 @@ CONSTANT_SPREAD_ULPS = 10.0
 
 
 def as_tensor(
-    value: Any, name: str, dtype: torch.dtype, *, check_finite: bool = True
+    value: Any,
+    name: str,
+    dtype: torch.dtype,
+    *,
+    check_finite: bool = True,
+    allow_inf: bool = False,
 ) -> torch.Tensor:
     """Converts an array-like to a floating tensor and checks it is non-empty and finite.
 
@@ -52,6 +57,8 @@ def as_tensor(
         name: argument name used in error messages.
         dtype: floating dtype of the result (the model's parameter dtype).
         check_finite: refuse NaN and inf (the caller checks the observed entries itself).
+        allow_inf: accept ``-inf`` and ``inf`` (still not NaN): the encoded ends of censored
+            or missing targets (a model with ``infinite_targets = True``).
 
     Returns:
         Tensor of shape ``(n, ...)`` (a 0-d input is rejected), on the input's device.
@@ -74,15 +81,19 @@ def as_tensor(
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); need at least one row")
     if check_finite:
-        _check_finite(tensor, torch.isfinite(tensor), name)
+        finite = ~torch.isnan(tensor) if allow_inf else torch.isfinite(tensor)
+        _check_finite(tensor, finite, name, nan_only=allow_inf)
     return tensor
 
 
-def _check_finite(tensor: torch.Tensor, finite: torch.Tensor, name: str) -> None:
+def _check_finite(
+    tensor: torch.Tensor, finite: torch.Tensor, name: str, nan_only: bool = False
+) -> None:
     if not bool(finite.all()):
         bad = (~finite).reshape(tensor.shape[0], -1).any(dim=1).nonzero().flatten()
         raise ValueError(
-            f"{name} contains NaN or inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
+            f"{name} contains {'NaN' if nan_only else 'NaN or inf'} in {bad.numel()} row(s), "
+            f"first at row {int(bad[0])}; "
             "drop or impute them before fitting"
         )
 
@@ -95,12 +106,14 @@ def prepare_xy(
     mask: Any = None,
     names: tuple[str, str] = ("X", "y"),
     mask_name: str = "mask",
+    infinite_targets: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Validates ``X (n,)|(n, ...)``, ``y (n,)|(n, D)|(n, T, D)`` and an optional mask.
 
     With ``mask (n, T)`` (bool, or 0/1), ``y`` is ``(n, T, D)`` or ``(n, T)`` (one output);
     its entries where the mask is False may hold anything, NaN included (padding), and are
-    replaced by 0 so that no loss ever computes on them. Every observed entry must be finite.
+    replaced by 0 so that no loss ever computes on them. Every observed entry must be finite
+    (or, with ``infinite_targets``, may be ``-inf``/``inf``: encoded censored or missing ends).
 
     Returns:
         ``X`` as ``(n, d)`` (1-D input becomes one column) or ``(n, ...)``, ``y`` as
@@ -112,7 +125,7 @@ def prepare_xy(
         missing = name_x if X is None else name_y
         raise ValueError(f"{missing} is None; pass both {name_x} and {name_y}")
     Xt = as_tensor(X, name_x, dtype)
-    yt = as_tensor(y, name_y, dtype, check_finite=mask is None)
+    yt = as_tensor(y, name_y, dtype, check_finite=mask is None, allow_inf=infinite_targets)
     if Xt.ndim == 1:
         Xt = Xt.unsqueeze(-1)
     mt = None
@@ -121,7 +134,9 @@ def prepare_xy(
         if yt.shape == mt.shape:  # (n, T): one output
             yt = yt.unsqueeze(-1)
         observed = mt.unsqueeze(-1).expand_as(yt)
-        _check_finite(yt, torch.isfinite(yt) | ~observed, f"{name_y} (where {mask_name} is True)")
+        finite = ~torch.isnan(yt) if infinite_targets else torch.isfinite(yt)
+        where = f"{name_y} (where {mask_name} is True)"
+        _check_finite(yt, finite | ~observed, where, nan_only=infinite_targets)
         yt = torch.where(observed, yt, torch.zeros((), dtype=yt.dtype, device=yt.device))
     elif yt.ndim == 1:
         yt = yt.unsqueeze(-1)
@@ -358,6 +373,7 @@ def build_sources(
     *,
     members: int = 1,
     mask: Any = None,
+    infinite_targets: bool = False,
 ) -> tuple[Source, Source | None]:
     """Turns fit's data arguments into training and validation sources.
 
@@ -366,6 +382,7 @@ def build_sources(
     IterableDatasets. With ``members > 1``, in-memory training rows come in one independent
     order per member (``(M, B, ...)`` batches); other sources give every member the same
     ``(B, ...)`` batch. A mask makes every batch an ``(x, y, mask)`` triple.
+    ``infinite_targets``: in-memory targets may hold ``-inf``/``inf`` (see ``as_tensor``).
     """
     if train_data is not None and (X is not None or y is not None):
         raise ValueError("pass either X and y or train_data, not both")
@@ -390,6 +407,7 @@ def build_sources(
             mask=val_data[2] if len(val_data) == 3 else None,
             names=("val_data[0]", "val_data[1]"),
             mask_name="val_data[2]",
+            infinite_targets=infinite_targets,
         )
         val = _tensor_source(Xv, yv, EVAL_BATCH, ctx, device, train=False, name="val_data", mask=mv)
     elif isinstance(val_data, DataLoader):
@@ -405,7 +423,7 @@ def build_sources(
         )
 
     if train_data is None:
-        Xt, yt, mt = prepare_xy(X, y, dtype, mask=mask)
+        Xt, yt, mt = prepare_xy(X, y, dtype, mask=mask, infinite_targets=infinite_targets)
         if val is None and val_fraction > 0:
             n_val = _n_val(val_fraction, Xt.shape[0])
             perm = torch.randperm(Xt.shape[0], generator=gen)

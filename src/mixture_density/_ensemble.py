@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from ._options import FitResult
 from .distribution import GaussianMixture
 from .nn import MixtureDensityNetwork
+from .noise import HeadLayout
 
 __all__ = ["StackedMDN", "member_results"]
 
@@ -40,6 +42,30 @@ def _linears(member: MixtureDensityNetwork) -> list[nn.Linear]:
     return [layer for layer in _linear_layers(member) if isinstance(layer, nn.Linear)]
 
 
+def _embedded_rows(big: HeadLayout, small: HeadLayout) -> list[int]:
+    """Positions in ``big``'s raw output of the outputs of a head with fewer components
+    (same noise type and ``D``), in that head's order: its components are ``big``'s first.
+
+    Example:
+        >>> big = HeadLayout("diagonal", n_components=3, dim_out=2)
+        >>> _embedded_rows(big, HeadLayout("diagonal", n_components=1, dim_out=2))
+        [0, 3, 4, 9, 10]
+    """
+    if (small.noise_type, small.dim_out) != (big.noise_type, big.dim_out) or (
+        small.n_components > big.n_components
+    ):
+        raise ValueError(f"{small} is not a smaller layout of {big}")
+    k, K = small.n_components, big.n_components
+    per_scale = 0 if big.n_scale in (0, 1) else big.n_scale // K  # per component
+    shared_scale = big.n_scale if per_scale == 0 else 0  # one shared number, or none
+    scale0 = big.scale_rows.start
+    return [
+        *range(k),
+        *range(big.loc_rows.start, big.loc_rows.start + k * big.dim_out),
+        *range(scale0, scale0 + k * per_scale + shared_scale),
+    ]
+
+
 class StackedMDN(nn.Module):
     """``M`` networks of one architecture trained as one batched model.
 
@@ -53,9 +79,14 @@ class StackedMDN(nn.Module):
     log-likelihood; summing the members' mean losses gives each member exactly its own
     gradient.
 
+    Members may differ in their number of components (and only in that): each head is then
+    embedded in one of the largest ``K`` (:func:`_embedded_rows`); the rows a smaller
+    head does not have start at zero and its extra components get a logit of ``-inf``, so
+    they have zero weight and receive no gradient.
+
     Args:
-        members: ``M >= 1`` networks built with the same arguments; their current weights
-            are copied in.
+        members: ``M >= 1`` networks built with the same arguments but for
+            ``n_components``; their current weights are copied in.
 
     Attributes:
         n_members: ``M``; every parameter has this leading axis.
@@ -64,23 +95,43 @@ class StackedMDN(nn.Module):
 
     def __init__(self, members: Sequence[MixtureDensityNetwork]) -> None:
         super().__init__()
-        first = members[0]
-        if any(m.config != first.config for m in members):
-            raise ValueError("StackedMDN needs members built with the same arguments")
+
+        def arch(m: MixtureDensityNetwork) -> dict[str, Any]:
+            return {k: v for k, v in m.config.items() if k != "n_components"}
+
+        if any(arch(m) != arch(members[0]) for m in members):
+            raise ValueError("StackedMDN needs members that differ in n_components only")
+        widest = max(members, key=lambda m: m.n_components)
         self.n_members = len(members)
         # Configuration only: a plain reference, not a submodule (its weights are member 0's).
-        self._head = (first.head,)
-        self.layers = _linear_layers(first)  # activations are shared, Linears are stacked
+        self._head = (widest.head,)
+        self.layers = _linear_layers(widest)  # activations are shared, Linears are stacked
         self._shapes = [
-            shape for lin in _linears(first) for shape in (lin.weight.shape, lin.bias.shape)
+            shape for lin in _linears(widest) for shape in (lin.weight.shape, lin.bias.shape)
         ]
-        rows = [
-            torch.cat(
-                [t.detach().reshape(-1) for lin in _linears(m) for t in (lin.weight, lin.bias)]
-            )
-            for m in members
-        ]
+        # Per member: the rows of the widest head that its own head's rows go to.
+        self._rows = [_embedded_rows(widest.head.layout, m.head.layout) for m in members]
+        rows = [self._flat_row(m, r) for m, r in zip(members, self._rows)]
         self.flat = nn.Parameter(torch.stack(rows))  # (M, P)
+        K = widest.n_components
+        mask = torch.zeros(self.n_members, 1, K)  # (M, 1, K): 0, or -inf for absent components
+        for i, m in enumerate(members):
+            mask[i, :, m.n_components :] = -math.inf
+        self.register_buffer("logit_mask", mask if bool(mask.isinf().any()) else None)
+
+    def _flat_row(self, member: MixtureDensityNetwork, head_rows: list[int]) -> Tensor:
+        """Member's weights as one row of ``flat``, its head embedded in the widest one."""
+        parts = []
+        linears = _linears(member)
+        shapes = iter(self._shapes)
+        for j, lin in enumerate(linears):
+            w_shape, b_shape = next(shapes), next(shapes)
+            w, b = lin.weight.detach(), lin.bias.detach()
+            if j == len(linears) - 1 and w.shape != w_shape:  # a head with fewer components
+                w = w.new_zeros(w_shape).index_copy(0, torch.tensor(head_rows), w)
+                b = b.new_zeros(b_shape).index_copy(0, torch.tensor(head_rows), b)
+            parts += [w.reshape(-1), b.reshape(-1)]
+        return torch.cat(parts)
 
     def unflatten(self, flat: Tensor) -> list[Tensor]:
         """Views of ``flat (M, P)`` (the parameter or its gradient) per layer: weight
@@ -106,6 +157,9 @@ class StackedMDN(nn.Module):
                 h = layer(h)  # elementwise activation or dropout
         head = self._head[0]
         logits, loc, scale_raw = head.layout.split(h)
+        mask = self.logit_mask
+        if isinstance(mask, Tensor):
+            logits = logits + mask  # (M, B, K): absent components weigh nothing
         # No argument checks: they cost a sync and several kernels per step, and the loop
         # already zeroes non-finite gradients member by member.
         return head.layout.mixture(
@@ -126,9 +180,14 @@ class StackedMDN(nn.Module):
         """Write the stacked weights back into the members' own ``nn.Linear`` layers."""
         params = self.unflatten(self.flat)
         for m, member in enumerate(members):
-            for j, linear in enumerate(_linears(member)):
-                linear.weight.copy_(params[2 * j][m])
-                linear.bias.copy_(params[2 * j + 1][m])
+            linears = _linears(member)
+            for j, linear in enumerate(linears):
+                w, b = params[2 * j][m], params[2 * j + 1][m]
+                if j == len(linears) - 1 and w.shape != linear.weight.shape:
+                    rows = torch.tensor(self._rows[m], device=w.device)
+                    w, b = w.index_select(0, rows), b.index_select(0, rows)
+                linear.weight.copy_(w)
+                linear.bias.copy_(b)
 
 
 def member_results(result: FitResult, n_members: int) -> list[FitResult]:

@@ -85,7 +85,6 @@ class Trainer:
         # Collectives run on the device the backend expects: nccl needs CUDA tensors.
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
-    # -- set-up ---------------------------------------------------------------------------
     def run(self, X: Any, y: Any, train_data: Any, val_data: Any, mask: Any = None) -> FitResult:
         opts, ctx = self.opts, self.ctx
         model = self.model.to(self.device)
@@ -135,6 +134,8 @@ class Trainer:
             self.device,
             members=self.members,
             mask=mask,
+            # A model that declares it (``_likelihood.TargetLikelihood``) takes infinite ends.
+            infinite_targets=bool(getattr(model, "infinite_targets", False)),
         )
         self.opt = _adamw(self.params, opts.lr, opts.weight_decay, self.device)
         self.sched: Any = None

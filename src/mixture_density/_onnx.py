@@ -111,9 +111,10 @@ class MixtureParameters(nn.Module):
     """A fitted estimator's networks as one module returning its mixture in original units.
 
     ``forward(x)`` on ``x (batch, n_features)`` in the original units returns the
-    ``GaussianMixture`` of ``MDNRegressor.predict_distribution``: the networks on the
-    standardized inputs, the members concatenated (``K' = M * K``), ``affine`` to the
-    original units of ``y``.
+    mixture over the modelled target of ``MDNRegressor.predict_distribution``: the networks
+    on the standardized inputs, the members concatenated with their ``member_weights_``
+    (``K'`` = the members' components together), ``affine`` to the original units of ``y``
+    (of ``g(y)`` for bounded targets: the transform is the metadata's, not in the graph).
 
     Args:
         est: a fitted ``MDNRegressor``; its networks are copied (float32, CPU, eval mode).
@@ -140,6 +141,7 @@ class MixtureParameters(nn.Module):
         ]
         self.members = nn.ModuleList(members)
         self._nets = tuple(members)  # the same modules, typed
+        self.weights = tuple(float(w) for w in est.member_weights_)
         for name in ("x_mean", "x_scale", "y_mean", "y_scale"):
             value = torch.as_tensor(getattr(est, f"{name}_"), dtype=torch.float32)
             self.register_buffer(name, value.clone())
@@ -147,7 +149,8 @@ class MixtureParameters(nn.Module):
     def forward(self, x: Tensor) -> GaussianMixture:
         """``x (batch, n_features)`` -> the mixture of batch ``(batch,)`` in original units."""
         xs = (x - self.x_mean) / self.x_scale
-        mixture = GaussianMixture.cat([net(xs) for net in self._nets], dim="components")
+        members = [net(xs) for net in self._nets]
+        mixture = GaussianMixture.cat(members, "components", self.weights)
         return mixture.affine(self.y_scale, self.y_mean)
 
 
@@ -214,14 +217,20 @@ def sum_terms(terms: list[Tensor]) -> Tensor:
 
 
 def _target_transform(est: Any) -> Any:
-    """The transform between the modelled and the observed target (JSON-able), or None.
+    """The per-output transform between the exported mixture and ``y`` (JSON-able).
 
-    MERGE(target types): the outputs describe the mixture of the standardized target path
-    the estimator models. When the estimator gains target transforms (bounds, resolution,
-    censoring; ``_targets``), record the transform here (its kind and parameters, as the model
-    file records it) so that a consumer of the ONNX file can map the mixture to ``y``.
+    The outputs describe the mixture of ``g(y)``, the target the networks model, in its own
+    units (the standardization ``shift``/``scale`` is already folded in): per output the map
+    ``g`` (``identity``, ``log_lower``, ``log_upper``, ``logit``) with its bounds and the grid
+    (``resolution``, ``origin``), as ``MDNRegressor.target_transform_`` records them.
     """
-    return getattr(est, "target_transform_", None)
+    return [dict(t) for t in est.target_transform_]
+
+
+def _calibration(est: Any) -> Any:
+    """The PIT recalibration of a calibrated estimator (its knots), or None: not in the graph."""
+    calibrator = getattr(est, "calibrator_", None)
+    return None if calibrator is None else calibrator.to_config()
 
 
 def estimator_metadata(est: Any) -> dict[str, Any]:
@@ -239,6 +248,7 @@ def estimator_metadata(est: Any) -> dict[str, Any]:
         "features": None if features is None else [str(f) for f in features],
         "targets": meta.get("targets"),
         "target_transform": _target_transform(est),
+        "calibration": _calibration(est),
     }
 
 

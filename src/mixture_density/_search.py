@@ -1,4 +1,5 @@
-"""Mixture-generic numerical algorithms: mode search, the 1-D cdf and its inverse.
+"""Mixture-generic numerical algorithms: mode search, the 1-D cdf and its inverse, and the
+probability of intervals (censored, binned and partly missing observations).
 
 They see the components only through :class:`~mixture_density._components.Components`
 (log-densities and precision operations), so they serve every parameterization.
@@ -22,6 +23,9 @@ __all__ = [
     "MODE_NEWTON_STEPS",
     "MODE_TOL_ULPS",
     "find_mode",
+    "interval_component_log_prob",
+    "log1mexp",
+    "log_ndtr_diff",
     "mixture_cdf",
     "mixture_icdf",
     "newton_bisect",
@@ -236,3 +240,85 @@ def newton_bisect(
         if bool(done.all()):
             break
     return x
+
+
+# ---------------------------------------------------------------------------------------
+# Intervals: censored, binned and missing coordinates
+# ---------------------------------------------------------------------------------------
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, accurate over the whole range (Maechler, 2012).
+
+    ``log(-expm1(x))`` near 0, where ``1 - exp(x)`` cancels; ``log1p(-exp(x))`` below
+    ``-log 2``, where ``exp(x)`` is small. ``x = 0`` gives ``-inf``, ``x = -inf`` gives 0.
+
+    Example:
+        >>> log1mexp(torch.tensor([-1e-20, -50.0], dtype=torch.float64))
+        tensor([-4.6052e+01, -1.9287e-22], dtype=torch.float64)
+    """
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def log_ndtr_diff(a: Tensor, b: Tensor) -> Tensor:
+    """``log(Phi(b) - Phi(a))`` elementwise for finite ``a < b``, in log space.
+
+    An interval above the median is reflected, ``Phi(b) - Phi(a) = Phi(-a) - Phi(-b)``, so
+    that both ends lie where ``log_ndtr`` keeps its relative precision (the lower tail);
+    then ``log Phi(b) + log1mexp(log Phi(a) - log Phi(b))``. The result keeps its relative
+    accuracy 40 standard deviations out, where ``Phi(b) - Phi(a)`` itself underflows; the
+    cancellation left is that of the difference of the two logarithms, a relative error of
+    about ``eps * |log Phi(b)| / (log Phi(b) - log Phi(a))`` for very narrow intervals.
+
+    Example:
+        >>> lp = log_ndtr_diff(torch.tensor([40.0], dtype=torch.float64),
+        ...                    torch.tensor([41.0], dtype=torch.float64))
+        >>> round(lp.item(), 4)  # Phi(41) - Phi(40) is below 1e-300
+        -804.6084
+    """
+    flip = (a + b) > 0
+    lo = torch.where(flip, -b, a)
+    hi = torch.where(flip, -a, b)
+    log_hi = torch.special.log_ndtr(hi)
+    return log_hi + log1mexp(torch.special.log_ndtr(lo) - log_hi)
+
+
+def interval_component_log_prob(loc: Tensor, stddev: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Per-component log-likelihood of points observed per coordinate as intervals.
+
+    Each coordinate ``d`` of a point is one of: observed exactly (``low == high``: the
+    density ``log N(y_d | mu_kd, s_kd)``), an interval (``low < high``: the probability
+    ``log(Phi(b) - Phi(a))``; ``low = -inf`` left-censored, ``high = inf`` right-censored) or
+    missing (``low = -inf``, ``high = inf``: probability 1, the coordinate is marginalized).
+    The coordinates of a component are independent (diagonal covariance, or ``D == 1``), so
+    the terms add up.
+
+    Every branch is evaluated on finite, ordered stand-in ends, and the branch a coordinate
+    does not take is masked afterwards: an infinite end never enters the graph, so the
+    gradients with respect to ``loc`` and ``stddev`` stay finite.
+
+    Args:
+        loc: (*B, K, D) component means.
+        stddev: (*B, K, D) component standard deviations (elementwise, positive).
+        low: (*S, *B, D) lower ends, ``-inf`` allowed.
+        high: (*S, *B, D) upper ends, ``inf`` allowed; ``low <= high`` (not checked).
+
+    Returns:
+        (*S, *B, K).
+    """
+    low, high = low.unsqueeze(-2), high.unsqueeze(-2)  # (*S, *B, 1, D)
+    lo_fin, hi_fin = torch.isfinite(low), torch.isfinite(high)
+    point = low == high  # finite and equal: an exact observation
+    # Stand-ins (data only, no graph): finite, with lo_s < hi_s, for every branch.
+    hi_s = torch.where(hi_fin, high, torch.where(lo_fin, low + 1.0, 1.0))
+    lo_s = torch.where(lo_fin & ~point, low, hi_s - 1.0)
+    a = (lo_s - loc) / stddev  # (*S, *B, K, D)
+    b = (hi_s - loc) / stddev
+    z = (torch.where(point, low, 0.0) - loc) / stddev
+    density = -0.5 * z.square() - stddev.log() - 0.5 * LOG_2PI
+    interval = torch.where(
+        lo_fin,
+        torch.where(hi_fin, log_ndtr_diff(a, b), torch.special.log_ndtr(-a)),
+        torch.where(hi_fin, torch.special.log_ndtr(b), torch.zeros_like(a)),
+    )
+    return torch.where(point, density, interval).sum(-1)

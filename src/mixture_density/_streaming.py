@@ -180,6 +180,7 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
     """
     from sklearn.utils import check_random_state
 
+    from ._defaults import resolve
     from ._fitting import (
         check_distributable,
         check_params,
@@ -191,6 +192,7 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
 
     check_params(est)
     check_distributable(est)
+    plan = resolve(est, data.n_rows - data.n_val)
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     scale_x, scale_y = data.moments.scales()
     # fit's batch_size is global: each rank takes its share, as fit does for in-memory data.
@@ -203,7 +205,7 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
         shuffle=True,
         seed=seed,
         transform=data.moments.standardize,
-        batch_rows=max(1, est.batch_size // _env.world_size()),
+        batch_rows=max(1, plan.batch_size // _env.world_size()),
     )
     mean_x, mean_y = data.moments.mean_x, data.moments.mean_y
     val_data = None
@@ -213,7 +215,8 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
             torch.as_tensor((data.y_val - mean_y) / scale_y, dtype=torch.float32),
         )
     y_init = torch.as_tensor((data.y_init - mean_y) / scale_y, dtype=torch.float32)
-    model = new_network(est, len(data.features), len(data.targets), y_init, seed)
+    n_components = plan.member_components[0]
+    model = new_network(est, len(data.features), len(data.targets), n_components, y_init, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         result = train(
@@ -224,11 +227,12 @@ def fit_streamed(est: MDNRegressor, data: StreamedCSV) -> MDNRegressor:
             val_data=val_data,
             seed=seed,
             distributed=None,  # DDP under torchrun; the stream shards itself over ranks
-            **training_kwargs(est),
+            **training_kwargs(est, plan),
         )
     y_1d = len(data.targets) == 1
     val = None
     if data.n_val:
         val = (data.x_val, data.y_val[:, 0] if y_1d else data.y_val)
-    set_fitted(est, [model], [result], (mean_x, scale_x), (mean_y, scale_y), y_1d, val_data=val)
+    stats = (mean_x, scale_x), (mean_y, scale_y)
+    set_fitted(est, plan, [model], [result], *stats, y_1d, val_data=val)
     return est

@@ -188,12 +188,18 @@ class MixtureTransforms(Distribution):
         return self._from_components(self._logits, components)
 
     @classmethod
-    def cat(cls: type[T], mixtures: Sequence[T], dim: Axis = "components") -> T:
+    def cat(
+        cls: type[T],
+        mixtures: Sequence[T],
+        dim: Axis = "components",
+        weights: Sequence[float] | None = None,
+    ) -> T:
         """Join mixtures of one parameterization into one.
 
-        ``dim="components"``: the equal-weight average of ``M`` mixtures of equal batch
-        shape, a mixture of ``K_1 + ... + K_M`` components with log-weights
-        ``log pi_k - log M`` (an ensemble's predictive distribution). ``dim="batch"``: the
+        ``dim="components"``: the average of ``M`` mixtures of equal batch shape, a mixture
+        of ``K_1 + ... + K_M`` components with log-weights ``log pi_k + log w_m`` (an
+        ensemble's predictive distribution); ``w_m = 1 / M`` unless ``weights`` are given
+        (positive, normalized to sum to one). ``dim="batch"``: the
         mixtures' batches concatenated along batch dim 0 (equal ``K`` and other dims).
         Each keeps its parameterization: precision factors stay precision factors (packed
         ones stay packed), so the result has the density kernels of its parts.
@@ -201,13 +207,14 @@ class MixtureTransforms(Distribution):
         Args:
             mixtures: at least one mixture; all of one parameterization and event shape.
             dim: ``"components"`` or ``"batch"``.
+            weights: ``M`` positive weights of the mixtures (``dim="components"`` only).
 
         Returns:
             GaussianMixture (the mixture itself when there is one).
 
         Raises:
-            ValueError: no mixtures, an unknown ``dim``, different parameterizations or
-                shapes that do not join.
+            ValueError: no mixtures, an unknown ``dim``, different parameterizations,
+                shapes that do not join, or weights that are not ``M`` positive numbers.
 
         Example:
             >>> from mixture_density import GaussianMixture
@@ -218,15 +225,28 @@ class MixtureTransforms(Distribution):
             torch.Size([8])
         """
         _validation.check_joinable(mixtures, dim)
+        log_w = _log_weights(weights, len(mixtures), dim)
         if len(mixtures) == 1:
             return mixtures[0]
         parts = [m._components for m in mixtures]
         components = type(parts[0]).cat(parts, dim)
         if dim == "components":
-            log_m = math.log(len(mixtures))  # weights pi_k / M
             logits = torch.cat(
-                [_math.log_softmax(m._logits) - log_m for m in mixtures], -1
-            )  # (*B, M K)
+                [_math.log_softmax(m._logits) + lw for m, lw in zip(mixtures, log_w)], -1
+            )  # (*B, K_1 + ... + K_M)
         else:
             logits = torch.cat([_math.log_softmax(m._logits) for m in mixtures], 0)
         return cls._from_components(logits, components)
+
+
+def _log_weights(weights: Sequence[float] | None, m: int, dim: str) -> list[float]:
+    """Normalized log-weights of ``m`` joined mixtures (equal when ``weights`` is None)."""
+    if weights is None:
+        return [-math.log(m)] * m
+    w = [float(v) for v in weights]
+    if dim != "components":
+        raise ValueError(f"weights apply to dim='components' only, got dim={dim!r}")
+    if len(w) != m or not all(math.isfinite(v) and v > 0 for v in w):
+        raise ValueError(f"weights must be {m} positive finite numbers (one per mixture), got {w}")
+    total = sum(w)
+    return [math.log(v / total) for v in w]

@@ -26,6 +26,7 @@ __all__ = [
     "conditioning_values",
     "exporting",
     "float_tensors",
+    "interval_ends",
     "logits_and_loc",
     "normalize_dims",
     "one_factor",
@@ -192,6 +193,24 @@ def check_value(
     if validate and not all_finite(value):
         raise ValueError(f"{name} must be finite, found NaN or inf")
     return value
+
+
+def interval_ends(low: Any, high: Any, dist: Any) -> tuple[Tensor, Tensor]:
+    """The ends of ``GaussianMixture.log_interval_prob``, (*sample, *batch, D) each."""
+    D = dist.event_shape[0]
+    if dist.scale is None and D > 1:
+        raise ValueError(
+            f"log_interval_prob needs D == 1 or elementwise scales; this mixture has D = {D} "
+            f"with {dist.parameterization}: take .marginal([d]) first"
+        )
+    lo = check_value(low, dist.batch_shape, D, dist.logits, False, "low")
+    hi = check_value(high, dist.batch_shape, D, dist.logits, False, "high")
+    bad = torch.isnan(lo) | torch.isnan(hi) | (lo > hi)
+    if bool(bad.any()):
+        raise ValueError(
+            f"low and high must not be NaN, with low <= high; {int(bad.sum())} entries are not"
+        )
+    return lo, hi
 
 
 def probabilities(value: Any, batch: torch.Size, like: Tensor) -> Tensor:

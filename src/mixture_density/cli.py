@@ -4,10 +4,13 @@ Usage::
 
     mdn demo [--out mdn-demo.png] [--seed S] [--quick]
     mdn fit DATA.csv --target COL [COL ...] [--features COL ...] --out MODEL
-            [--stream] [--memory-budget MB] [--chunk-rows N] [--val-rows N]
+            [--resolution H ...] [--bounds LO HI]... [--event COL | --upper COL]
+            [--missing {error,drop}] [--stream] [--memory-budget MB] [--chunk-rows N]
+            [--val-rows N]
     torchrun --nproc-per-node N -m mixture_density fit ...   (data-parallel, rank 0 writes)
     mdn predict MODEL DATA.csv [--quantiles 0.05 0.5 0.95] [--samples N] [--output OUT.csv]
-    mdn evaluate MODEL DATA.csv [--plot calibration.png]
+    mdn evaluate MODEL DATA.csv [--plot calibration.png] [--event COL | --upper COL]
+            [--missing {error,drop}]
     mdn export MODEL OUT.onnx [--opset N]
 
 User errors (missing file or column, non-numeric or missing cells, a model that does not fit the
@@ -202,9 +205,10 @@ def _build_parser() -> _Parser:
     fit.add_argument(
         "--components",
         type=_positive_int,
-        default=5,
+        default=None,
         metavar="K",
-        help="mixture components (default: %(default)s)",
+        help="mixture components of every network (default: the estimator's rule in the "
+        "number of rows)",
     )
     fit.add_argument(
         "--noise",
@@ -226,12 +230,41 @@ def _build_parser() -> _Parser:
         type=_positive_int,
         default=None,
         metavar="M",
-        help="ensemble size (default: the estimator's, 5; 1 with --stream or under torchrun)",
+        help="ensemble size (default: the estimator's rule; 1 with --stream or under torchrun)",
     )
     fit.add_argument(
-        "--epochs", type=_positive_int, default=None, metavar="N", help="maximum epochs"
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="maximum epochs (default: the estimator's rule: 200, more on small data)",
+    )
+    fit.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs without a better validation NLL (default: the estimator's)",
     )
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    fit.add_argument(
+        "--resolution",
+        type=float,
+        nargs="+",
+        metavar="H",
+        help="the targets lie on a grid of spacing H (one for all, or one per target): train "
+        "and score the probability of each value's bin [y - H/2, y + H/2]",
+    )
+    fit.add_argument(
+        "--bounds",
+        type=_bound,
+        nargs=2,
+        action="append",
+        metavar=("LO", "HI"),
+        help="the targets lie in (LO, HI); 'none' or inf leaves an end open (repeat once per "
+        "target for different bounds)",
+    )
+    _add_target_options(fit)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     fit.add_argument(
@@ -289,6 +322,7 @@ def _build_parser() -> _Parser:
         "data", metavar="DATA.csv", help="CSV file with feature and target columns"
     )
     evaluate.add_argument("--plot", metavar="FIG.png", help="write a reliability diagram")
+    _add_target_options(evaluate)
 
     export = sub.add_parser(
         "export",
@@ -304,6 +338,30 @@ def _build_parser() -> _Parser:
         "--opset", type=_positive_int, default=None, metavar="N", help="ONNX opset version"
     )
     return parser
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    """``--event``, ``--upper`` and ``--missing`` of fit and evaluate."""
+    parser.add_argument(
+        "--event",
+        metavar="COL",
+        help="censoring indicator of the one target: 1 event observed, 0 right-censored "
+        "(the survival convention)",
+    )
+    parser.add_argument(
+        "--upper",
+        metavar="COL",
+        help="upper ends of the one target: empty, nan or equal to it for an exact value, "
+        "above it an interval, inf right-censored",
+    )
+    parser.add_argument(
+        "--missing",
+        choices=("error", "drop"),
+        default="error",
+        help="rows with a missing feature cell or no target value: an error (default) or "
+        "dropped (and counted); with several targets, an empty target cell is a missing "
+        "entry, scored through the marginal of the others",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -324,6 +382,16 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _bound(text: str) -> float | None:
+    """An end of ``--bounds``: a number, ``inf``/``-inf``, or ``none`` (open)."""
+    if text.strip().lower() == "none":
+        return None
+    value = float(text)
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"expected a number, inf or none, got {text}")
     return value
 
 

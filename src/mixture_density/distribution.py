@@ -369,14 +369,9 @@ class GaussianMixture(MixtureTransforms):
 
     @cached_property
     def mode(self) -> Tensor:
-        """(*batch, D) highest-density point found by a local search.
-
-        From every component mean, fixed-point (EM / mean-shift) iterations
-        ``y <- (sum_k r_k Sigma_k^{-1})^{-1} sum_k r_k Sigma_k^{-1} mu_k`` (``r`` the
-        responsibilities at ``y``, each step increases the density) run to convergence,
-        followed by Newton steps with a density-increase check; the start whose end point
-        has the highest density wins. This is a local search: a mode that no component
-        mean leads to can be missed. Not differentiable (computed without a graph).
+        """(*batch, D) highest-density point found by a local search from every component
+        mean (EM fixed-point iterations, then Newton; see ``_search.find_mode``). A mode that
+        no component mean leads to can be missed. Not differentiable (computed without a graph).
         """
         with torch.no_grad():
             return _search.find_mode(self.logits, self._components)
@@ -408,6 +403,30 @@ class GaussianMixture(MixtureTransforms):
             ValueError: wrong shape, or a NaN/inf value when ``validate_args`` is on.
         """
         return self._components.mixture_log_prob(self._check_value(value), self._logits)
+
+    def log_interval_prob(self, low: Tensor, high: Tensor) -> Tensor:
+        """``log P(low <= Y <= high)``, the log-probability of a box (``D == 1``, or elementwise
+        scales; a full-covariance box has no closed form: take a ``marginal`` first).
+
+        Per component ``sum_d log(Phi(b_kd) - Phi(a_kd))`` from ``log_ndtr`` on the side of the
+        median that keeps precision (exact far into the tails). ``low = -inf`` or ``high = inf``
+        censors a coordinate, ``(-inf, inf)`` marginalizes it and ``low == high`` observes it
+        exactly (its density).
+
+        Args:
+            low, high: (*sample, *batch, D) ends, ``low <= high``, not NaN.
+
+        Returns:
+            (*sample, *batch).
+
+        Example:
+            >>> gm = GaussianMixture(torch.zeros(1), torch.zeros(1, 1), scale=torch.ones(1))
+            >>> gm.log_interval_prob(torch.tensor([-1.0]), torch.tensor([1.0])).exp()
+            tensor(0.6827)
+        """
+        lo, hi = _validation.interval_ends(low, high, self)
+        comp = _search.interval_component_log_prob(self.loc, self.component_stddev, lo, hi)
+        return torch.logsumexp(self.logits + comp, -1)
 
     def component_posterior(self, value: Tensor) -> Tensor:
         """Responsibilities ``p(k | y)``.
@@ -483,11 +502,8 @@ class GaussianMixture(MixtureTransforms):
     def icdf(self, value: Tensor) -> Tensor:
         """Quantile function, ``D == 1`` only, by bracketed Newton-bisection in float64.
 
-        The bracket is ``[min_k(mu_k - c sigma_k), max_k(mu_k + c sigma_k)]`` with
-        ``c = max(10, sqrt(-2 log min(q, 1 - q)))``, which contains every quantile because
-        ``Phi(-c) < exp(-c^2 / 2)``. ``q = 0`` and ``q = 1`` give ``-inf`` and ``inf``. The
-        search runs in float64 for every dtype, so a float32 result is the float64 root
-        rounded once.
+        See ``_search.mixture_icdf`` for the bracket. ``q = 0`` and ``q = 1`` give ``-inf`` and
+        ``inf``; a float32 result is the float64 root rounded once.
 
         Args:
             value: (*sample, *batch) probabilities in ``[0, 1]``.

@@ -6,6 +6,8 @@ every question through one :class:`~mixture_density.GaussianMixture` in the orig
 of ``y``:
 ``predict`` (conditional mean, so ``score`` is the usual R^2), ``predict_distribution``,
 ``log_prob``, ``sample``, ``predict_quantiles``, ``predict_interval`` and ``predict_mode``.
+Targets on a grid, within bounds, censored or partly missing are modelled through ``_targets``
+and ``_likelihood`` (``target_resolution``, ``target_bounds``, ``y_upper``, NaN in ``y``).
 
 scikit-learn is an optional dependency; this module imports it at the top, and the package
 namespace resolves ``MDNRegressor`` lazily, so ``import mixture_density`` does not need it.
@@ -18,13 +20,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
-    from sklearn.utils import check_random_state
-    from sklearn.utils.validation import check_array, check_is_fitted
+    from sklearn.utils.validation import check_is_fitted
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         "MDNRegressor needs scikit-learn: pip install 'mixture-density[sklearn]'"
@@ -38,40 +37,46 @@ except ImportError:  # pragma: no cover - scikit-learn 1.3 to 1.5
         return estimator._validate_data(*args, **kwargs)
 
 
-from ._fitting import check_distributable, check_params, fit_arrays
+from ._calibration import RecalibratedDistribution
+from ._fitting import fit_estimator
+from ._likelihood import TargetDistribution
 from ._persistence import load_estimator, save_estimator
+from ._prediction import (
+    distribution,
+    draws,
+    features,
+    log_density,
+    output,
+    quantiles,
+    recalibration,
+)
 from .distribution import GaussianMixture
 
 __all__ = ["DEFAULTS", "MDNRegressor"]
 
-#: Training defaults, in one place so that the benchmarks can tune them. Chosen on the UCI
-#: regression sets (benchmarks/uci.py, paired comparisons on fixed splits; the ablation is in
-#: benchmarks/RESULTS.md), the same for every data set:
+#: Defaults of the parameters that the benchmarks vary. ``"auto"`` resolves from the number of
+#: training rows when the estimator fits (``_defaults``: batch size, the step budget in epochs,
+#: patience, the members and their components; recorded in ``plan_``). The others were chosen
+#: on the UCI regression sets (benchmarks/uci.py; the ablation is in benchmarks/RESULTS.md):
 #:
-#: * ``n_estimators=5``: the averaged density of 5 networks (one mixture of ``5 * K``
-#:   components), trained at once as one batched model (``_ensemble``), so it costs little
-#:   more than one network on small data; the largest single gain (Boston -0.15,
-#:   Concrete -0.18 nats against one network).
 #: * ``lr=1e-2`` (Adam on standardized data) with the plateau schedule: faster than 3e-3 to a
 #:   better optimum before early stopping (Energy -0.5, Yacht -1.0 nats).
 #: * ``noise_regularization=None``: noise helped one set (Energy) and hurt others (Yacht
 #:   +0.5 nats even at std 0.05; ``"auto"`` costs 0.6 nats on Boston and Concrete).
-#: * ``patience=30`` epochs without a better validation NLL of the combined mixture, at
-#:   most ``epochs=200``: the small sets stop by themselves before that, but on wine, whose
-#:   integer targets reward ever sharper components, the validation NLL keeps creeping down
-#:   for 500 epochs (200 halves the time; the test NLL was not worse).
+#: * an ensemble: the averaged density of several networks (one mixture), trained at once as
+#:   one batched model (``_ensemble``), so it costs little more than one network on small
+#:   data; the largest single gain on the UCI sets (Boston -0.15, Concrete -0.18 nats against
+#:   one network).
 DEFAULTS: Mapping[str, Any] = {
-    "n_estimators": 5,
-    "epochs": 200,
-    "batch_size": 128,
+    "n_components": "auto",
+    "n_estimators": "auto",
+    "epochs": "auto",
+    "batch_size": "auto",
     "lr": 1e-2,
     "weight_decay": 0.0,
-    "patience": 30,
+    "patience": "auto",
     "noise_regularization": None,
 }
-
-# Rows per forward pass at prediction time: bounds the activation memory for large inputs.
-_PREDICT_CHUNK_ROWS = 65536
 
 
 class MDNRegressor(RegressorMixin, BaseEstimator):
@@ -81,29 +86,29 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     of a neural network. ``X`` and ``y`` are standardized internally; all predictions are in
     the original units of ``y``.
 
-    With ``n_estimators = M > 1`` the estimator trains ``M`` networks from different random
-    initializations (and mini-batch orders) and averages their densities. Their average is
-    itself a mixture of ``M * K`` components (each member's weights times ``1 / M``), so
-    :meth:`predict_distribution` still returns one ``GaussianMixture``. The members are
-    trained at once as one batched model (stacked weights, one optimizer, the sum of the
-    members' NLLs as loss, so each member gets exactly its own gradient). Training stops when
-    the validation NLL of the combined mixture has not improved for ``patience`` epochs, and
-    every member keeps its weights from the epoch of the best combined validation NLL (which
-    selects what is used for prediction; on the UCI sets it beat each member keeping its own
-    best epoch, by 0.14 nats on Yacht). With ``n_estimators=1`` the network is trained by
-    :func:`mixture_density.training.fit`.
+    With ``n_estimators = M > 1`` it trains ``M`` networks at once as one batched model
+    (different initializations and mini-batch orders, each member its own loss) and predicts
+    with their weighted average, itself one ``GaussianMixture`` of all members' components.
+    Training stops on the combined mixture's validation NLL; every member keeps its weights
+    from that epoch. The training loop is :func:`mixture_density.training.fit`.
+
+    The parameters set to ``"auto"`` follow the number of training rows ``n`` (rules in
+    ``mixture_density._defaults``): the training budget counts optimizer steps, with smaller
+    batches and more passes on small data, and the ensemble's composition adapts to ``n``.
+    What a fit chose is in ``plan_``.
 
     Args:
-        n_components: Number of mixture components ``K``.
+        n_components: Number of mixture components ``K`` of every network, or ``"auto"``.
         hidden_dims: Widths of the hidden layers.
         noise_type: Component covariance model: ``"full"``, ``"diagonal"``, ``"isotropic"``,
             ``"isotropic_across_clusters"`` or ``"fixed"``.
         activation: Hidden-layer activation name (see ``MixtureDensityNetwork``).
         n_estimators: Number of networks whose densities are averaged (trained as one
-            batched model when above 1).
-        epochs: Maximum number of passes over the training rows.
-        batch_size: Mini-batch size.
-        lr: Adam learning rate.
+            batched model when above 1), or ``"auto"``.
+        epochs: Maximum number of passes over the training rows, or ``"auto"``: 200, or
+            more when that is under 5,000 optimizer steps.
+        batch_size: Mini-batch size, or ``"auto"``: 16 to 128 rows, growing with ``n``.
+        lr: Adam learning rate, or ``"auto"``: ``1e-2 * batch_size / 128``.
         weight_decay: Weight decay (L2) coefficient.
         noise_regularization: Gaussian noise added to the standardized inputs and targets
             of every training mini-batch (Rothfuss et al., 2019): ``"auto"`` (standard
@@ -112,20 +117,33 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             ``training.fit``.
         val_fraction: Fraction of the rows held out for early stopping (0 disables it; it is
             also disabled when the fraction would hold out no row).
-        patience: Epochs without a better validation NLL before training stops (``None``:
-            run all ``epochs``; the weights with the best validation NLL are kept either way).
+        patience: Epochs without a better validation NLL before training stops, ``"auto"``
+            (30, or more when that is under 500 optimizer steps), or ``None`` (run all
+            ``epochs``; the weights with the best validation NLL are kept either way).
         min_scale: Floor on every component standard deviation, in units of the
             standardized targets (each target scaled to unit variance).
         fixed_noise_level: Component standard deviation for ``noise_type="fixed"``, in
             standardized target units.
         device: Torch device to train and predict on (``"cpu"``, ``"cuda"``, ``"auto"``).
-        verbose: Show a progress bar during training (one network; the batched ensemble
-            trains silently and records its progress in ``fit_results_``).
+        verbose: Show a progress bar over the epochs during training.
         random_state: Seed (int), ``numpy.random.RandomState`` or ``None`` for the
             initializations, the validation split and the mini-batch order.
+        target_resolution: Grid spacing ``h`` of ``y``: ``None`` (continuous), a float, or one
+            per output (``None`` entries continuous). Training and ``log_prob`` use the
+            probability of the bin ``[y - h/2, y + h/2]`` (a log mass, <= 0); samples and
+            quantiles are grid values. Fitting heavily tied ``y`` without it warns.
+        target_bounds: ``(lo, hi)`` for all outputs, or one pair (or ``None``) per output;
+            ``None`` or an infinite end is open. The mixture models ``log(y - lo)``,
+            ``-log(hi - y)`` or ``logit((y - lo) / (hi - lo))``; densities include the
+            Jacobian and are ``-inf`` outside; samples and quantiles stay inside.
 
     Attributes:
-        models_: The trained networks, ``n_estimators`` of them, in evaluation mode.
+        plan_: What the fit used: batch size, learning rate, epochs, patience, each
+            network's ``K`` (:class:`mixture_density._defaults.Plan`).
+        member_weights_: Each network's weight in the predictive mixture (equal, or from
+            the validation likelihood of networks of different ``K``).
+        calibrator_: The recalibration of :meth:`calibrate`, or ``None``.
+        models_: The trained networks, one per member of the plan, in evaluation mode.
         model_: The first (with ``n_estimators=1`` the only) network.
         x_mean_, x_scale_: ``(n_features_in_,)`` standardization of the inputs.
         y_mean_, y_scale_: ``(n_outputs_,)`` standardization of the targets.
@@ -136,6 +154,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         history_: Per-epoch training history of the first network (a list of dicts).
         val_nll_: Mean held-out negative log-likelihood of the combined model in nats per
             row, in the original units of ``y``; ``nan`` without a validation split.
+        target_transform_: Per output, the map ``g`` and standardization the networks see,
+            ``z = (g(y) - shift) / scale`` (JSON-able dicts; see ``_fitting.set_fitted``).
 
     Example:
         >>> import numpy as np
@@ -154,23 +174,25 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_components: int = 5,
+        n_components: int | str = DEFAULTS["n_components"],
         hidden_dims: Sequence[int] = (64, 64),
         noise_type: str = "diagonal",
         activation: str = "relu",
-        n_estimators: int = DEFAULTS["n_estimators"],
-        epochs: int = DEFAULTS["epochs"],
-        batch_size: int = DEFAULTS["batch_size"],
+        n_estimators: int | str = DEFAULTS["n_estimators"],
+        epochs: int | str = DEFAULTS["epochs"],
+        batch_size: int | str = DEFAULTS["batch_size"],
         lr: float = DEFAULTS["lr"],
         weight_decay: float = DEFAULTS["weight_decay"],
         noise_regularization: Any = DEFAULTS["noise_regularization"],
         val_fraction: float = 0.1,
-        patience: int | None = DEFAULTS["patience"],
+        patience: int | str | None = DEFAULTS["patience"],
         min_scale: float = 1e-3,
         fixed_noise_level: float | None = None,
         device: str = "cpu",
         verbose: bool = False,
         random_state: int | np.random.RandomState | None = None,
+        target_resolution: float | Sequence[float | None] | None = None,
+        target_bounds: Any = None,
     ) -> None:
         self.n_components = n_components
         self.hidden_dims = hidden_dims
@@ -189,6 +211,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
         self.random_state = random_state
+        self.target_resolution = target_resolution
+        self.target_bounds = target_bounds
 
     # ------------------------------------------------------------------------------------
     # scikit-learn plumbing
@@ -207,13 +231,17 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     # Fitting
     # ------------------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any) -> MDNRegressor:
+    def fit(self, X: Any, y: Any, y_upper: Any = None) -> MDNRegressor:
         """Train the network(s) on ``X`` and ``y``.
 
         Args:
             X: ``(n, n_features)`` array-like of inputs.
             y: ``(n,)`` or ``(n, D)`` array-like of targets. With ``(n,)``, predictions
-                drop the output axis (``predict`` returns ``(n,)``).
+                drop the output axis (``predict`` returns ``(n,)``). NaN marks a missing
+                entry (``D > 1``): its row's likelihood is the marginal of the others.
+            y_upper: ``(n,)`` upper ends (``D == 1``): NaN or ``y`` for an exact value, above
+                ``y`` the interval ``[y, y_upper]``; ``inf`` is right-censored at ``y``,
+                ``y = -inf`` left-censored at ``y_upper``.
 
         Returns:
             ``self``.
@@ -221,30 +249,20 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Raises:
             ValueError: If the data or a hyperparameter is invalid.
         """
-        return self._fit(X, y, distributed=False)
+        return self._fit(X, y, distributed=False, y_upper=y_upper)
 
-    def _fit(self, X: Any, y: Any, *, distributed: bool | None) -> MDNRegressor:
-        """``fit``, with ``training.fit``'s ``distributed`` switch.
-
-        ``fit`` trains in this process only (``distributed=False``), also when the caller
-        runs under ``torchrun``. The ``mdn fit`` command passes ``distributed=None`` so that
-        a ``torchrun`` launch trains one network data-parallel; every rank must then pass the
-        same data and an integer ``random_state`` (same split, same seeds).
-        """
-        check_params(self)
-        if distributed is not False:
-            check_distributable(self)
-        X, y = _validate_data(
-            self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, reset=True
-        )
-        fit_arrays(self, X, y, distributed)
-        return self
+    def _fit(
+        self, X: Any, y: Any, *, distributed: bool | None, y_upper: Any = None
+    ) -> MDNRegressor:
+        """``fit`` with ``training.fit``'s ``distributed`` switch (``mdn fit`` passes None:
+        a ``torchrun`` launch trains one network data-parallel); see ``_fitting.fit_estimator``."""
+        return fit_estimator(self, X, y, distributed, y_upper)
 
     # ------------------------------------------------------------------------------------
     # Prediction
     # ------------------------------------------------------------------------------------
 
-    def predict_distribution(self, X: Any) -> GaussianMixture:
+    def predict_distribution(self, X: Any) -> Any:
         """Conditional distribution of ``y`` given each row of ``X``, in original units.
 
         Args:
@@ -253,10 +271,60 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             A ``GaussianMixture`` with ``batch_shape (n,)``, ``event_shape (D,)`` and
             ``n_estimators * n_components`` components, on the model's device (float32).
+            With ``target_resolution`` or ``target_bounds``: a ``TargetDistribution`` over
+            ``y`` (float64) whose ``base`` is that mixture over the transformed target.
+            After :meth:`calibrate`: that distribution recalibrated (a
+            ``RecalibratedDistribution`` with ``log_prob``, ``cdf``, ``icdf``, ``sample``,
+            ``mean``).
         """
+        gm = self._mixture(X)
+        dist = gm if self._targets.plain else TargetDistribution(gm, self._targets)
+        return (
+            dist if self.calibrator_ is None else RecalibratedDistribution(dist, self.calibrator_)
+        )
+
+    def _mixture(self, X: Any) -> GaussianMixture:
+        """The mixture over ``g(y)`` (``y`` itself without bounds) for array-like ``X``."""
         check_is_fitted(self)
-        X = _validate_data(self, X, dtype=np.float64, reset=False)
-        return self._distribution(X)
+        return distribution(self, features(self, X, reset=False))
+
+    def calibrate(self, X: Any, y: Any) -> MDNRegressor:
+        """Recalibrate the fitted model on held-out rows (quantile recalibration).
+
+        The probability integral transform ``u = F(y | x)`` of new data is uniform for a
+        calibrated forecast. This learns a monotone map ``R`` of ``[0, 1]`` from the PIT
+        values of ``(X, y)`` (rows the model was not trained on) and from then on forecasts
+        ``R(F)``: :meth:`predict_quantiles`, :meth:`predict_interval`, :meth:`log_prob`,
+        :meth:`sample`, :meth:`predict` and :meth:`predict_distribution` use it;
+        :meth:`predict_mode` stays the model's. ``R`` is piecewise linear on a grid of
+        ``clip(sqrt(n), 5, 50)`` steps through the smoothed empirical cdf of the PIT values,
+        so it is strictly increasing and its slope (the density factor) stays bounded (see
+        ``mixture_density._calibration``). One continuous output only (bounds allowed, not
+        a grid). Calling it again replaces the previous recalibration.
+
+        Args:
+            X: ``(n, n_features)`` array-like, at least 20 rows.
+            y: ``(n,)`` or ``(n, 1)`` targets.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: more than one output, a grid target, fewer than 20 rows, or rows
+                whose ``y`` has zero density under the fitted model (they are listed).
+
+        Example:
+            >>> import numpy as np
+            >>> rng = np.random.default_rng(0)
+            >>> X = rng.uniform(-1, 1, size=(300, 1))
+            >>> y = X[:, 0] + 0.3 * rng.standard_t(3, size=300)  # heavy tails
+            >>> model = MDNRegressor(n_components=1, hidden_dims=(8,), epochs=30,
+            ...                      random_state=0).fit(X[:200], y[:200])
+            >>> model.calibrate(X[200:], y[200:]).calibrator_.n
+            100
+        """
+        self.calibrator_ = recalibration(self, X, y)
+        return self
 
     def predict(self, X: Any) -> np.ndarray:
         """Conditional mean ``E[y | x]`` in original units.
@@ -264,31 +332,35 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
         """
-        return self._output(self.predict_distribution(X).mean)
+        return output(self, self.predict_distribution(X).mean)
 
     def predict_mode(self, X: Any) -> np.ndarray:
-        """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``).
+        """Highest-density point of the conditional distribution (see ``GaussianMixture.mode``);
+        a ``ValueError`` with ``target_bounds`` or ``target_resolution`` (use the median).
 
         Returns:
             ``(n,)`` if ``y`` was fitted as a 1-D array, else ``(n, D)`` (float64).
         """
-        return self._output(self.predict_distribution(X).mode)
+        gm = self._mixture(X)
+        dist = gm if self._targets.plain else TargetDistribution(gm, self._targets)
+        return output(self, dist.mode)  # the model's, recalibrated or not
 
-    def log_prob(self, X: Any, y: Any) -> np.ndarray:
+    def log_prob(self, X: Any, y: Any, y_upper: Any = None) -> np.ndarray:
         """Log density ``log p(y_i | x_i)`` per row, in the original units of ``y``.
+
+        On a grid the log probability mass of ``y``'s bin; for an interval row (``y_upper``
+        as in :meth:`fit`) its log probability; NaN entries of ``y`` are marginalized; values
+        outside ``target_bounds`` give ``-inf``.
 
         Args:
             X: ``(n, n_features)`` array-like.
             y: ``(n,)`` or ``(n, D)`` array-like.
+            y_upper: ``(n,)`` upper ends, ``D == 1`` (see :meth:`fit`), or ``None``.
 
         Returns:
             ``(n,)`` float64 array, in nats.
         """
-        dist = self.predict_distribution(X)
-        Y = self._check_targets(y, dist.batch_shape[0])
-        with torch.no_grad():
-            values = dist.log_prob(torch.as_tensor(Y, dtype=dist.loc.dtype, device=dist.loc.device))
-        return values.cpu().double().numpy()
+        return log_density(self, X, y, y_upper)
 
     def sample(
         self, X: Any, n_samples: int = 1, random_state: int | np.random.RandomState | None = None
@@ -304,21 +376,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n_samples, n)`` if ``y`` was fitted as a 1-D array, else ``(n_samples, n, D)``.
         """
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
-            raise TypeError(f"n_samples must be an integer, got {n_samples!r}")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-        dist = self.predict_distribution(X)
-        with torch.no_grad():
-            if random_state is None:
-                draws = dist.sample((int(n_samples),))
-            else:
-                seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
-                devices = [dist.loc.device] if dist.loc.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(seed)
-                    draws = dist.sample((int(n_samples),))
-        return self._output(draws)
+        return draws(self, X, n_samples, random_state)
 
     def predict_quantiles(self, X: Any, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
         """Exact quantiles of the conditional distribution (per output dimension for ``D > 1``).
@@ -332,24 +390,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Returns:
             ``(n, Q)`` if ``y`` was fitted as a 1-D array, else ``(n, D, Q)`` (float64).
         """
-        levels = np.atleast_1d(np.asarray(q, dtype=np.float64))
-        if levels.ndim != 1 or levels.size == 0:
-            raise ValueError(
-                f"q must be a scalar or a non-empty 1-D sequence, got shape {levels.shape}"
-            )
-        if not np.all((levels > 0.0) & (levels < 1.0)):
-            raise ValueError(f"q must lie strictly between 0 and 1, got {levels.tolist()}")
-        dist = self.predict_distribution(X)
-        n = dist.batch_shape[0]
-        qq = torch.as_tensor(levels, dtype=dist.loc.dtype, device=dist.loc.device)
-        qq = qq.unsqueeze(-1).expand(len(levels), n)  # (Q, n)
-        with torch.no_grad():
-            per_dim = [
-                dist.marginal([d]).icdf(qq).squeeze(-1).T  # (n, Q)
-                for d in range(self.n_outputs_)
-            ]
-        out = torch.stack(per_dim, dim=1).cpu().double().numpy()  # (n, D, Q)
-        return out[:, 0, :] if self._y_1d else out
+        return quantiles(self, X, q)
 
     def predict_interval(self, X: Any, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """Central prediction interval ``[F^-1((1 - level) / 2), F^-1((1 + level) / 2)]``.
@@ -413,16 +454,15 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     def to_onnx(self, path: str | os.PathLike[str], *, opset: int | None = None) -> None:
         """Write the fitted model as an ONNX graph (for onnxruntime and other runtimes).
 
-        The graph maps ``x (batch, n_features)`` float32, in the original units, to the
-        mixture's parameters in the original units of ``y``: ``logits (batch, K')``
-        (normalized log-weights), ``loc (batch, K', D)`` and ``scale (batch, K', D)``
-        (standard deviations), or ``scale_tril (batch, K', D, D)`` (Cholesky factors of the
-        covariances) for ``noise_type="full"``; ``K' = n_estimators * n_components`` (the
-        members' mixtures concatenated, each weight divided by ``n_estimators``), so
+        Input ``x (batch, n_features)`` float32 in original units (dynamic batch); outputs
+        ``logits (batch, K')``, ``loc (batch, K', D)`` and ``scale (batch, K', D)``, or
+        ``scale_tril (batch, K', D, D)`` for ``noise_type="full"``, in the original units of
+        ``y``: ``K'`` counts all members' components, weighted by ``member_weights_``, and
         ``GaussianMixture(logits, loc, scale=scale)`` rebuilds :meth:`predict_distribution`.
-        The batch axis is dynamic. The file's ``metadata_props`` name the outputs, the noise
-        model, the sizes and the column names. Written atomically. Needs the extra ``onnx``
-        (onnx, onnxscript).
+        With ``target_bounds`` or ``target_resolution`` the outputs are the mixture of the
+        modelled ``g(y)`` and the metadata records ``target_transform_``; a recalibrated
+        model exports the uncalibrated mixture and records the PIT map (``calibration``).
+        Written atomically; needs the extra ``onnx``. See :mod:`mixture_density.export`.
 
         Args:
             path: destination, e.g. ``"model.onnx"``.
@@ -436,37 +476,3 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         from ._onnx import export_estimator
 
         export_estimator(self, path, opset)
-
-    # ------------------------------------------------------------------------------------
-    # Internals
-    # ------------------------------------------------------------------------------------
-
-    def _distribution(self, X: np.ndarray) -> GaussianMixture:
-        """Mixture in original units for validated ``(n, n_features)`` float64 inputs."""
-        device = next(self.models_[0].parameters()).device
-        Xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, max(len(Xs), 1), _PREDICT_CHUNK_ROWS):
-                xb = Xs[start : start + _PREDICT_CHUNK_ROWS].to(device)
-                chunks.append(GaussianMixture.cat([m(xb) for m in self.models_], dim="components"))
-            dist = GaussianMixture.cat(chunks, dim="batch")
-            scale = torch.as_tensor(self.y_scale_, dtype=dist.loc.dtype, device=device)
-            shift = torch.as_tensor(self.y_mean_, dtype=dist.loc.dtype, device=device)
-            return dist.affine(scale, shift)
-
-    def _output(self, values: Tensor) -> np.ndarray:
-        """``(..., D)`` tensor -> float64 array, dropping ``D`` when ``y`` was 1-D."""
-        out = values.detach().cpu().double().numpy()
-        return out[..., 0] if self._y_1d else out
-
-    def _check_targets(self, y: Any, n: int) -> np.ndarray:
-        Y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
-        if Y.ndim == 1:
-            Y = Y.reshape(-1, 1)
-        if Y.ndim != 2 or Y.shape != (n, self.n_outputs_):
-            expected = f"({n},)" if self.n_outputs_ == 1 else f"({n}, {self.n_outputs_})"
-            raise ValueError(
-                f"y must have shape {expected} to match X and the fitted targets, got {np.shape(y)}"
-            )
-        return Y

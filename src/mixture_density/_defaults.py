@@ -1,0 +1,161 @@
+"""What a fit uses when the estimator's parameters say ``"auto"``: rules in the data size.
+
+``MDNRegressor()`` must work from 30 rows to millions. Its training budget is counted in
+optimizer steps, not epochs, and its model follows the number of training rows ``n``:
+
+* **Batch size** ``B = clip(2^floor(log2(n / 16)), 16, 128)``: 16 rows up to 511 training
+  rows, then 32, 64 and from 2,048 rows 128. A small set still gets a dozen or more steps
+  per pass over it; a large one keeps the batch that the UCI defaults were chosen with.
+* **Epochs** ``max(200, ceil(MAX_STEPS / steps_per_epoch))`` with ``MAX_STEPS = 5000``: at
+  least 5,000 optimizer steps on tiny data (an 80-row set would otherwise stop after a
+  few hundred), 200 passes once the data are large enough for those to hold more steps.
+* **Learning rate** ``1e-2 * B / 128`` (Adam): the linear scaling of the rate with the batch
+  size (Goyal et al., 2017) from the rate chosen at ``B = 128`` on the UCI sets, so that a
+  smaller, noisier batch takes proportionally smaller steps.
+* **Patience** ``max(30, ceil(PATIENCE_STEPS / steps_per_epoch))`` epochs with
+  ``PATIENCE_STEPS = 500``: early stopping waits at least 500 steps, and at least 30 passes.
+* **Members and components.** See :func:`member_components`: below 1,000 training rows the
+  default ensemble has single-Gaussian networks next to the 5-component ones, weighted by
+  their validation likelihood.
+
+Each number that a fit resolved is recorded in the estimator's ``plan_`` (a :class:`Plan`)
+and printed by ``mdn fit``. An integer parameter is used as given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["AUTO", "Plan", "member_components", "resolve"]
+
+AUTO = "auto"
+#: Batch size bounds of the rule (rows per optimizer step).
+MIN_BATCH, MAX_BATCH = 16, 128
+#: Rows per step at which the rule reaches each batch size: ``B = n / BATCH_DIVISOR``.
+BATCH_DIVISOR = 16
+#: Training budget in optimizer steps, and the epoch count it never goes below.
+MAX_STEPS, MIN_EPOCHS = 5000, 200
+#: Early stopping waits at least this many steps and this many epochs.
+PATIENCE_STEPS, PATIENCE_EPOCHS = 500, 30
+#: The learning rate at the largest batch size; smaller batches scale it down linearly.
+LEARNING_RATE = 1e-2
+#: Components of a member in the default ensemble.
+COMPONENTS = 5
+#: Networks in the default ensemble (of each kind, below ``MIXED_ROWS`` training rows).
+MEMBERS = 5
+#: Below this many training rows the default ensemble mixes single Gaussians in.
+MIXED_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The numbers one fit used (see the module docstring for the rules).
+
+    Attributes:
+        n_train: training rows (after the validation split).
+        batch_size: rows per optimizer step.
+        epochs: the maximum number of passes over the training rows.
+        patience: epochs without a better validation NLL before stopping (None: never).
+        member_components: ``K`` of each network of the ensemble.
+    """
+
+    n_train: int
+    batch_size: int
+    epochs: int
+    patience: int | None
+    member_components: tuple[int, ...]
+    lr: float = LEARNING_RATE
+
+    @property
+    def n_estimators(self) -> int:
+        return len(self.member_components)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.batch_size)
+
+    def to_config(self) -> dict[str, Any]:
+        config = asdict(self)
+        config["member_components"] = list(self.member_components)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Plan:
+        return cls(
+            n_train=int(config["n_train"]),
+            batch_size=int(config["batch_size"]),
+            epochs=int(config["epochs"]),
+            patience=None if config["patience"] is None else int(config["patience"]),
+            member_components=tuple(int(k) for k in config["member_components"]),
+            lr=float(config.get("lr", LEARNING_RATE)),
+        )
+
+    def summary(self) -> str:
+        """One line for reports: ``5 networks (K = 5), batch 16, <= 1667 epochs, ...``."""
+        ks = sorted(set(self.member_components))
+        k_text = "/".join(map(str, ks))
+        patience = "off" if self.patience is None else f"{self.patience} epochs"
+        return (
+            f"{self.n_estimators} networks (K = {k_text}), batch {self.batch_size}, "
+            f"lr {self.lr:.3g}, <= {self.epochs} epochs of {self.steps_per_epoch} steps, "
+            f"patience {patience}"
+        )
+
+
+def batch_size(n_train: int) -> int:
+    """``clip(2^floor(log2(n_train / 16)), 16, 128)``.
+
+    Example:
+        >>> [batch_size(n) for n in (30, 500, 700, 1500, 2048, 10**6)]
+        [16, 16, 32, 64, 128, 128]
+    """
+    target = max(n_train / BATCH_DIVISOR, 1.0)
+    return int(min(MAX_BATCH, max(MIN_BATCH, 2 ** math.floor(math.log2(target)))))
+
+
+def member_components(n_train: int, n_members: int | None, n_components: int) -> tuple[int, ...]:
+    """``K`` of each ensemble member.
+
+    From ``MIXED_ROWS`` training rows on, every member has ``n_components``. Below, half of
+    the members (rounded down) are single Gaussians: on little data a mixture's narrow
+    components follow single points, while one Gaussian per network cannot show several
+    modes; the average of both kinds hedges, and the fit then weights the two groups by
+    their validation likelihood (``_fitting.group_weights``). ``n_members=None`` (the
+    default ensemble) means ``MEMBERS`` networks of each kind below ``MIXED_ROWS``.
+
+    Example:
+        >>> member_components(100, None, 5), member_components(100, 5, 5)
+        ((1, 1, 1, 1, 1, 5, 5, 5, 5, 5), (1, 1, 5, 5, 5))
+        >>> member_components(5000, None, 5)
+        (5, 5, 5, 5, 5)
+    """
+    if n_train >= MIXED_ROWS or n_components == 1:
+        return (n_components,) * (n_members or MEMBERS)
+    if n_members is None:
+        return (1,) * MEMBERS + (n_components,) * MEMBERS
+    single = n_members // 2
+    return (1,) * single + (n_components,) * (n_members - single)
+
+
+def resolve(est: Any, n_train: int) -> Plan:
+    """The plan of one fit of ``est`` on ``n_train`` training rows."""
+    n_train = max(int(n_train), 1)
+    batch = batch_size(n_train) if est.batch_size == AUTO else int(est.batch_size)
+    steps = math.ceil(n_train / min(batch, n_train))
+    if est.epochs == AUTO:
+        epochs = max(MIN_EPOCHS, math.ceil(MAX_STEPS / steps))
+    else:
+        epochs = int(est.epochs)
+    if est.patience == AUTO:
+        patience: int | None = max(PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps))
+    else:
+        patience = None if est.patience is None else int(est.patience)
+    lr = LEARNING_RATE * batch / MAX_BATCH if est.lr == AUTO else float(est.lr)
+    members = None if est.n_estimators == AUTO else int(est.n_estimators)
+    if est.n_components == AUTO:
+        components = member_components(n_train, members, COMPONENTS)
+    else:
+        components = (int(est.n_components),) * (members or MEMBERS)
+    return Plan(n_train, batch, epochs, patience, components, lr)

@@ -1,0 +1,135 @@
+"""Tests for post-hoc recalibration: the PIT map R, the recalibrated distribution, and
+``MDNRegressor.calibrate`` bringing a miscalibrated model's coverage to its nominal level."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from mixture_density import GaussianMixture
+from mixture_density._calibration import PITCalibrator, RecalibratedDistribution
+from mixture_density.estimator import MDNRegressor
+
+
+def test_map_is_monotone_and_near_identity_for_uniform_pits() -> None:
+    rng = np.random.default_rng(0)
+    cal = PITCalibrator.fit(rng.uniform(size=10_000))
+    u = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    r = cal.map(u)
+    assert r[0] == 0 and r[-1] == 1 and bool((r[1:] > r[:-1]).all())
+    # The smoothed empirical cdf of 10^4 uniform draws: within a few 1/sqrt(n) of u.
+    assert float((r - u).abs().max()) < 0.02
+    torch.testing.assert_close(cal.inverse(r), u, rtol=0, atol=1e-12)
+    slope = cal.log_slope(u).exp()
+    assert float(slope.min()) > 0.5 and float(slope.max()) < 1.5
+
+
+def test_map_slopes_are_bounded_whatever_the_pits() -> None:
+    cal = PITCalibrator.fit(np.full(400, 0.5))  # every PIT value the same
+    m, n = cal.steps, cal.n
+    slopes = cal.log_slope(torch.linspace(0, 1, 999, dtype=torch.float64)).exp()
+    assert float(slopes.min()) >= m / (n + m) - 1e-12
+    assert float(slopes.max()) <= m + 1e-9
+    assert PITCalibrator.from_config(cal.to_config()) == cal
+    with pytest.raises(ValueError, match="increase strictly"):
+        PITCalibrator.from_config({"values": [0.0, 0.7, 0.6, 1.0], "n": 3})
+
+
+@pytest.fixture()
+def recalibrated() -> RecalibratedDistribution:
+    base = GaussianMixture(
+        torch.tensor([[0.0, 1.0]], dtype=torch.float64),
+        torch.tensor([[[-1.0], [2.0]]], dtype=torch.float64),
+        scale=torch.tensor([[[0.5], [1.5]]], dtype=torch.float64),
+    )
+    rng = np.random.default_rng(1)
+    return RecalibratedDistribution(base, PITCalibrator.fit(rng.beta(2.0, 1.0, size=500)))
+
+
+def test_recalibrated_density_cdf_and_quantiles_agree(
+    recalibrated: RecalibratedDistribution,
+) -> None:
+    def density(y: float) -> float:
+        v = torch.tensor([[y]], dtype=torch.float64)
+        return float(recalibrated.log_prob(v).exp())
+
+    # The density R'(F) f jumps where F crosses a grid point of R: integrate between them.
+    m = recalibrated.calibrator.steps
+    grid = torch.arange(1, m, dtype=torch.float64)[:, None] / m
+    inner = recalibrated.base.icdf(grid)[:, 0, 0].tolist()
+    pieces = [-40.0, *inner, 50.0]
+    parts = [integrate.quad(density, a, b, limit=200)[0] for a, b in itertools.pairwise(pieces)]
+    assert sum(parts) == pytest.approx(1.0, abs=1e-8)
+    q = torch.tensor([[0.05], [0.5], [0.95]], dtype=torch.float64)
+    x = recalibrated.icdf(q)  # (3, 1, 1)
+    torch.testing.assert_close(recalibrated.cdf(x), q, rtol=0, atol=1e-8)
+    # The mean by quadrature of the quantile function against integrating y g(y).
+    first = sum(integrate.quad(lambda y: y * density(y), a, b, limit=200)[0]
+                for a, b in itertools.pairwise(pieces))  # fmt: skip
+    assert float(recalibrated.mean) == pytest.approx(first, abs=2e-3)
+
+
+def test_recalibrated_samples_follow_its_cdf(recalibrated: RecalibratedDistribution) -> None:
+    torch.manual_seed(0)
+    draws = recalibrated.sample((4000,))  # (4000, 1, 1)
+    u = recalibrated.cdf(draws).reshape(-1).numpy()
+    assert stats.kstest(u, "uniform").pvalue > 0.01
+
+
+def heavy_tailed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, size=(n, 1))
+    return X, np.sin(2 * X[:, 0]) + 0.3 * rng.standard_t(2, size=n)
+
+
+def coverage(model: MDNRegressor, X: np.ndarray, y: np.ndarray, level: float) -> float:
+    lo, hi = model.predict_interval(X, level)
+    return float(np.mean((y >= lo) & (y <= hi)))
+
+
+def test_calibrate_brings_coverage_to_nominal(tmp_path: Path) -> None:
+    # A single Gaussian component on Student-t(2) noise: its 50% intervals are too wide and
+    # its 90% intervals... the PIT values are far from uniform, and calibrate must fix both.
+    X, y = heavy_tailed(6000, seed=0)
+    model = MDNRegressor(n_components=1, n_estimators=1, hidden_dims=(16,), epochs=40,
+                         random_state=0).fit(X[:1000], y[:1000])  # fmt: skip
+    X_cal, y_cal, X_new, y_new = X[1000:3000], y[1000:3000], X[3000:], y[3000:]
+    before = {level: coverage(model, X_new, y_new, level) for level in (0.5, 0.9)}
+    assert abs(before[0.5] - 0.5) > 0.04  # miscalibrated to start with
+    model.calibrate(X_cal, y_cal)
+    after = {level: coverage(model, X_new, y_new, level) for level in (0.5, 0.9)}
+    # 3000 new rows: a binomial SE of about 0.009 (50%) and 0.0055 (90%).
+    assert after[0.5] == pytest.approx(0.5, abs=0.03)
+    assert after[0.9] == pytest.approx(0.9, abs=0.02)
+    # log_prob and the intervals come from one recalibrated distribution.
+    assert np.mean(model.log_prob(X_new, y_new)) > -1e9
+    quantiles = model.predict_quantiles(X_new[:5], [0.05, 0.95])
+    lo, _ = model.predict_interval(X_new[:5], 0.9)
+    np.testing.assert_array_equal(quantiles[:, 0], lo)
+    # Saved and loaded, the recalibration stays.
+    model.save(tmp_path / "m.pt")
+    loaded = MDNRegressor.load(tmp_path / "m.pt")
+    np.testing.assert_array_equal(loaded.predict_quantiles(X_new[:5], [0.05, 0.95]), quantiles)
+    np.testing.assert_array_equal(loaded.log_prob(X_new[:5], y_new[:5]),
+                                  model.log_prob(X_new[:5], y_new[:5]))  # fmt: skip
+    assert model.predict(X_new[:5]).shape == (5,) and model.sample(X_new[:5], 3).shape == (3, 5)
+
+
+def test_calibrate_refuses_what_it_cannot_do() -> None:
+    X, y = heavy_tailed(200, seed=1)
+    model = MDNRegressor(n_components=1, n_estimators=1, hidden_dims=(8,), epochs=3,
+                         random_state=0).fit(X, y)  # fmt: skip
+    with pytest.raises(ValueError, match="at least 20 rows"):
+        model.calibrate(X[:19], y[:19])
+    far = y[:30].copy()
+    far[[3, 7]] = 1e30  # beyond float32's range after squaring: zero density
+    with pytest.raises(ValueError, match=r"rows \[3, 7\]"):
+        model.calibrate(X[:30], far)
+    two = MDNRegressor(n_components=1, hidden_dims=(8,), epochs=3).fit(X, np.c_[y, y])
+    with pytest.raises(ValueError, match="one continuous output"):
+        two.calibrate(X, np.c_[y, y])
