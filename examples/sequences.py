@@ -1,4 +1,5 @@
-"""Sequences of different lengths with a mixture density RNN: masks, and sampling with temperature.
+"""Sequences of different lengths with a mixture density RNN: masks, and sampling with temperature
+===============================================================================================
 
 Each sequence walks around the unit circle, ``y_t = r_t (cos a_t, sin a_t)`` with
 ``a_t = a_{t-1} + s (0.25 + 0.05 eps)``, ``r_t = 1 + 0.03 eps'``: a random start and a random
@@ -64,7 +65,7 @@ def train(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--out", default="examples/figures/sequences.png")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -440,7 +440,7 @@ class MixtureDensityNetwork(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """Constructor arguments as a JSON-serializable dict: ``type(model)(**config)``.
+        """Constructor arguments as a JSON-serializable dict; ``type(model)(**config)`` rebuilds.
 
         ``activation`` is stored by name. An activation class from outside ``torch.nn`` is
         stored as ``"module.QualifiedName"``, which the constructor cannot resolve again.

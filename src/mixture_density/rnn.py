@@ -23,7 +23,7 @@ from .noise import NoiseType
 
 __all__ = ["MixtureDensityRNN", "RNNState"]
 
-#: The recurrent state: ``h (layers, B, H)`` for a GRU, ``(h, c)`` for an LSTM.
+#: The recurrent state, ``h (layers, B, H)`` for a GRU and ``(h, c)`` for an LSTM.
 RNNState = Tensor | tuple[Tensor, Tensor]
 
 _CELLS: dict[str, Callable[..., nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -121,7 +121,7 @@ class MixtureDensityRNN(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """Constructor arguments as a JSON-serializable dict: ``type(model)(**config)``."""
+        """Constructor arguments as a JSON-serializable dict; ``type(model)(**config)`` rebuilds."""
         return dict(self._config)
 
     def _check_x(self, x: Tensor) -> None:
