@@ -129,6 +129,7 @@ sphinx_gallery_conf = {
     "abort_on_example_error": True,
     "capture_repr": (),
     "min_reported_time": 1,
+    "write_computation_times": False,  # sg_execution_times.rst would land in docs/
 }
 
 
