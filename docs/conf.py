@@ -14,6 +14,13 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import ClassVar
+
+import torch
+from sphinx import addnodes
+from sphinx.transforms.post_transforms import SphinxPostTransform
+
+import mixture_density
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -21,7 +28,9 @@ sys.path.insert(0, str(DOCS / "_ext"))  # the gallery scraper and the inventory 
 
 import offline_inventory  # noqa: E402
 
-import mixture_density  # noqa: E402
+# The gallery and the plot directives fit small models in this process: one thread is fastest
+# for them, and the build shares the CPU with other jobs (several threads thrash there).
+torch.set_num_threads(1)
 
 project = "mixture-density"
 author = "mixture-density developers"
@@ -45,7 +54,14 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py"]
+exclude_patterns = [
+    "_build",
+    "_static",
+    "_templates",
+    "_ext",
+    "auto_examples/*.ipynb",
+    "auto_examples/*.py",
+]
 templates_path = ["_templates"]
 nitpicky = True
 
@@ -238,7 +254,24 @@ def _is_public_module(name: str) -> bool:
     return not name.startswith("_") and (ROOT / "src" / "mixture_density" / f"{name}.py").is_file()
 
 
+class _IncludedFileLinks(SphinxPostTransform):
+    """Markdown links to repository files that a page includes lead to that page.
+
+    ``[...](../benchmarks/RESULTS.md)`` works on GitHub; on the site RESULTS.md is the
+    Benchmarks page, so MyST would find no document there.
+    """
+
+    default_priority = 5  # before MyST resolves its links (9)
+    included: ClassVar[dict[str, str]] = {str(ROOT / "benchmarks" / "RESULTS"): "benchmarks"}
+
+    def run(self, **kwargs) -> None:
+        for node in self.document.findall(addnodes.pending_xref):
+            if node.get("reftype") == "myst" and node.get("refdomain") == "doc":
+                node["reftarget"] = self.included.get(node["reftarget"], node["reftarget"])
+
+
 def setup(app) -> None:
+    app.add_post_transform(_IncludedFileLinks)
     app.connect("autodoc-process-docstring", _process_docstring)
     app.connect("autodoc-skip-member", _skip_member)
     app.connect("autodoc-process-bases", _public_bases)

@@ -12,6 +12,7 @@ picklable (Sphinx caches it between builds).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ def reset_argv(gallery_conf: dict[str, Any], script_vars: dict[str, Any]) -> lis
     out = _figure_path(gallery_conf, script_vars["src_file"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)  # a stale figure from an earlier build must not show
-    return ["--out", str(out)]
+    # Relative to the script's folder (its working directory while it runs): the path is
+    # printed on the page ("wrote ..."), where the build machine's layout has no business.
+    return ["--out", os.path.relpath(out, Path(script_vars["src_file"]).parent)]
 
 
 def saved_figure_scraper(
