@@ -12,7 +12,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), 
 
 
 def test_readme_has_python_examples() -> None:
-    assert len(BLOCKS) >= 4
+    assert len(BLOCKS) >= 1  # the README is an overview; the guide's examples: test_docs.py
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
