@@ -211,6 +211,10 @@ def _skip_member(app, what, name, obj, skip, options):
 
 def _public_bases(app, name, obj, options, bases: list) -> None:
     # "Bases: MixtureTransforms" would name a private class: show its bases instead.
+    # "Bases: object" says nothing: no line at all.
+    if bases == [object]:
+        bases.clear()
+        return
     i = 0
     while i < len(bases):
         base = bases[i]
