@@ -226,7 +226,21 @@ def small_rows(
     return rows
 
 
+#: Where each run's row is appended as soon as it is measured (``--csv`` plus ``.partial``):
+#: a long run that is stopped keeps what it measured.
+PROGRESS: list[Path | None] = [None]
+
+
 def _log(row: dict[str, Any]) -> None:
+    path = PROGRESS[0]
+    if path is not None:
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
     print(
         f"[{row['dataset']} n={row['n']} seed={row['seed']}] {row['method']:<14} "
         f"NLL {row['nll']:8.3f}  cov90 {row['coverage90']:.2f}  {row['fit_seconds']:.1f}s",
@@ -358,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             methods, sizes, seeds, splits = ["mdn", "mlp_ensemble"], [30], 1, 1
             chosen = {"cars"}
         rows = []
+        if not args.quick:
+            PROGRESS[0] = args.csv.with_name(args.csv.name + ".partial")
         if args.part in ("all", "sizes"):
             for name, source in LARGE.items():
                 if chosen is None or name in chosen:
@@ -368,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows += small_rows(name, source, splits, methods, args.data_dir)
         if rows and not args.quick:
             write_csv(rows, args.csv)
+            if PROGRESS[0] is not None:
+                PROGRESS[0].unlink(missing_ok=True)
             print(f"per-run results: {args.csv}")
     print(report(rows))
     if args.figure is not None:
