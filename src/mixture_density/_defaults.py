@@ -9,14 +9,23 @@ optimizer steps, not epochs, and its model follows the number of training rows `
 * **Epochs** ``max(200, ceil(MAX_STEPS / steps_per_epoch))`` with ``MAX_STEPS = 5000``: at
   least 5,000 optimizer steps on tiny data (an 80-row set would otherwise stop after a
   few hundred), 200 passes once the data are large enough for those to hold more steps.
-* **Learning rate** ``1e-2 * B / 128`` (Adam): the linear scaling of the rate with the batch
-  size (Goyal et al., 2017) from the rate chosen at ``B = 128`` on the UCI sets, so that a
-  smaller, noisier batch takes proportionally smaller steps.
+* **Learning rate** 1e-2 (Adam) at every batch size. ``lr="auto"`` scales it with the batch,
+  ``1e-2 * B / 128`` (the linear rule of Goyal et al., 2017); on the four small tuning sets
+  of ``benchmarks/sizes.py`` that scaled rate was worse (5 networks of ``K = 5``, batch 16:
+  0.29 against 0.15 nats above the best baseline on average), so it is an option only.
 * **Patience** ``max(30, ceil(PATIENCE_STEPS / steps_per_epoch))`` epochs with
   ``PATIENCE_STEPS = 500``: early stopping waits at least 500 steps, and at least 30 passes.
+* **Validation rows** ``floor(val_fraction * n)`` (10%, the estimator's ``val_fraction``):
+  they drive early stopping and the members' weights. With few of them (``n < 50``) the
+  stopping is noisy but the step budget bounds it; with none (``n < 10``) every epoch runs
+  and the members are weighted equally.
 * **Members and components.** See :func:`member_components`: below 1,000 training rows the
   default ensemble has single-Gaussian networks next to the 5-component ones, weighted by
   their validation likelihood.
+
+From 3,073 training rows on (25 steps of 128 per epoch) the plan is the former fixed
+defaults: batch 128, 200 epochs, patience 30, five networks of ``K = 5``; the number of
+steps, and so the time, stays linear in ``n``.
 
 Each number that a fit resolved is recorded in the estimator's ``plan_`` (a :class:`Plan`)
 and printed by ``mdn fit``. An integer parameter is used as given.
