@@ -19,6 +19,14 @@ optimizer steps, not epochs, and its model follows the number of training rows `
   they drive early stopping and the members' weights. With few of them (``n < 50``) the
   stopping is noisy but the step budget bounds it; with none (``n < 10``) every epoch runs
   and the members are weighted equally.
+* **Noise regularization** (the default ``noise_regularization="small_n"``): Gaussian noise
+  of standard deviation ``0.3 * (50 / n)^2`` on the standardized inputs and targets of
+  every batch (Rothfuss et al., 2019), at most 0.3 and none from ``NOISE_ROWS = 400``
+  training rows on; off for grid, bounded, censored or partly missing targets. On 30 to 50
+  rows the validation split is a handful of rows and cannot stop a fit before its
+  components collapse onto the training points (kin8nm, 30 rows: test NLL 6.2 without,
+  0.15 with noise 0.3); from a few hundred rows on, noise blurs sharp functions (UCI Yacht,
+  277 rows: +1.2 nats at 0.05), hence the fast decay.
 * **Members and components.** See :func:`member_components`: below 1,000 training rows the
   default ensemble has single-Gaussian networks next to the 5-component ones, weighted by
   their validation likelihood.
@@ -37,9 +45,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["AUTO", "Plan", "member_components", "resolve"]
+__all__ = ["AUTO", "SMALL_N", "Plan", "member_components", "noise_level", "resolve"]
 
 AUTO = "auto"
+#: The estimator's default ``noise_regularization``: the rule of :func:`noise_level`.
+SMALL_N = "small_n"
+#: Noise standard deviation (standardized units) at ``NOISE_REF_ROWS`` rows and below; it
+#: decays as ``(NOISE_REF_ROWS / n)^2`` and is zero from ``NOISE_ROWS`` training rows on.
+NOISE_STD, NOISE_REF_ROWS, NOISE_ROWS = 0.3, 50, 400
 #: Batch size bounds of the rule (rows per optimizer step).
 MIN_BATCH, MAX_BATCH = 16, 128
 #: Rows per step at which the rule reaches each batch size: ``B = n / BATCH_DIVISOR``.
@@ -68,6 +81,9 @@ class Plan:
         epochs: the maximum number of passes over the training rows.
         patience: epochs without a better validation NLL before stopping (None: never).
         member_components: ``K`` of each network of the ensemble.
+        lr: the learning rate.
+        noise: noise regularization standard deviation of the ``"small_n"`` rule (None:
+            the rule is not in use or gives none).
     """
 
     n_train: int
@@ -76,6 +92,7 @@ class Plan:
     patience: int | None
     member_components: tuple[int, ...]
     lr: float = LEARNING_RATE
+    noise: float | None = None
 
     @property
     def n_estimators(self) -> int:
@@ -99,6 +116,7 @@ class Plan:
             patience=None if config["patience"] is None else int(config["patience"]),
             member_components=tuple(int(k) for k in config["member_components"]),
             lr=float(config.get("lr", LEARNING_RATE)),
+            noise=None if config.get("noise") is None else float(config["noise"]),
         )
 
     def summary(self) -> str:
@@ -106,10 +124,11 @@ class Plan:
         ks = sorted(set(self.member_components))
         k_text = "/".join(map(str, ks))
         patience = "off" if self.patience is None else f"{self.patience} epochs"
+        noise = "" if self.noise is None else f", noise {self.noise:.3g}"
         return (
             f"{self.n_estimators} networks (K = {k_text}), batch {self.batch_size}, "
             f"lr {self.lr:.3g}, <= {self.epochs} epochs of {self.steps_per_epoch} steps, "
-            f"patience {patience}"
+            f"patience {patience}{noise}"
         )
 
 
@@ -122,6 +141,18 @@ def batch_size(n_train: int) -> int:
     """
     target = max(n_train / BATCH_DIVISOR, 1.0)
     return int(min(MAX_BATCH, max(MIN_BATCH, 2 ** math.floor(math.log2(target)))))
+
+
+def noise_level(n_train: int) -> float | None:
+    """``min(0.3, 0.3 * (50 / n)^2)`` below 400 training rows, else None (no noise).
+
+    Example:
+        >>> [noise_level(n) for n in (30, 50, 100, 400)]
+        [0.3, 0.3, 0.075, None]
+    """
+    if n_train >= NOISE_ROWS:
+        return None
+    return NOISE_STD * min(1.0, NOISE_REF_ROWS / max(n_train, 1)) ** 2
 
 
 def member_components(n_train: int, n_members: int | None, n_components: int) -> tuple[int, ...]:
@@ -148,8 +179,9 @@ def member_components(n_train: int, n_members: int | None, n_components: int) ->
     return (1,) * single + (n_components,) * (n_members - single)
 
 
-def resolve(est: Any, n_train: int) -> Plan:
-    """The plan of one fit of ``est`` on ``n_train`` training rows."""
+def resolve(est: Any, n_train: int, plain: bool = True) -> Plan:
+    """The plan of one fit of ``est`` on ``n_train`` training rows (``plain``: continuous,
+    fully observed targets, the only ones noise regularization applies to)."""
     n_train = max(int(n_train), 1)
     batch = batch_size(n_train) if est.batch_size == AUTO else int(est.batch_size)
     steps = math.ceil(n_train / min(batch, n_train))
@@ -167,4 +199,5 @@ def resolve(est: Any, n_train: int) -> Plan:
         components = member_components(n_train, members, COMPONENTS)
     else:
         components = (int(est.n_components),) * (members or MEMBERS)
-    return Plan(n_train, batch, epochs, patience, components, lr)
+    noise = noise_level(n_train) if est.noise_regularization == SMALL_N and plain else None
+    return Plan(n_train, batch, epochs, patience, components, lr, noise)
