@@ -48,6 +48,7 @@ bench-smoke: dev
 	$(PY) benchmarks/forecast.py --quick
 	$(PY) benchmarks/onnx_latency.py --quick
 	$(PY) benchmarks/targets.py --quick
+	$(PY) benchmarks/sizes.py --quick
 
 test: lint typecheck pytest bench-smoke
 
