@@ -41,7 +41,7 @@ def test_plan_rules_in_n(n: int) -> None:
     assert plan.epochs * steps >= MAX_STEPS
     assert plan.patience == max(30, math.ceil(PATIENCE_STEPS / steps))
     assert plan.lr == 1e-2  # the default rate is fixed; "auto" scales it with B
-    assert plan.noise == (None if n >= 400 else min(0.3, 0.3 * (50 / n) ** 2))
+    assert plan.noise == (None if n >= 200 else min(0.3, 0.3 * (50 / n) ** 2))
     if n < MIXED_ROWS:
         assert plan.member_components == (1,) * 5 + (5,) * 5
     else:
