@@ -264,8 +264,10 @@ def report(rows: Sequence[dict[str, Any]]) -> str:
         if not part_rows:
             continue
         first = "n" if part == "sizes" else "n train"
-        out.append(f"| data set | role | {first} | " + " | ".join(methods) + " | best other |")
-        out.append("|---|---|---:|" + "---:|" * (len(methods) + 1))
+        out.append(
+            f"| data set | role | {first} | " + " | ".join(methods) + " | best other | mdn - best |"
+        )
+        out.append("|---|---|---:|" + "---:|" * (len(methods) + 2))
         keys = sorted({(r["dataset"], r["n"]) for r in part_rows}, key=lambda k: (k[0], k[1]))
         for dataset, n in keys:
             cell = [r for r in part_rows if r["dataset"] == dataset and r["n"] == n]
@@ -282,7 +284,10 @@ def report(rows: Sequence[dict[str, Any]]) -> str:
                 text = f"{stats[m][0]:.3f} ± {stats[m][1]:.3f}"
                 texts.append(f"**{text}**" if m == best else text)
             role = cell[0]["role"]
-            out.append(f"| {dataset} | {role} | {n} | " + " | ".join(texts) + f" | {ref or '-'} |")
+            gap = f"{stats['mdn'][0] - stats[ref][0]:+.3f}" if ref and "mdn" in stats else "-"
+            out.append(
+                f"| {dataset} | {role} | {n} | " + " | ".join(texts) + f" | {ref or '-'} | {gap} |"
+            )
         out.append("")
     out.append("Coverage of the central 50% / 90% intervals, pooled over the sizes or splits:")
     out.append("")
