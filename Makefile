@@ -55,6 +55,7 @@ bench-smoke: dev
 	$(PY) benchmarks/forecast.py --quick
 	$(PY) benchmarks/onnx_latency.py --quick
 	$(PY) benchmarks/targets.py --quick
+	$(PY) benchmarks/sizes.py --quick
 
 # The site, with every warning an error (-W; -n: every cross-reference must resolve). The
 # gallery runs every script of examples/; MIXTURE_DENSITY_QUICK=1 (docs-quick, make test)

@@ -226,7 +226,21 @@ def small_rows(
     return rows
 
 
+#: Where each run's row is appended as soon as it is measured (``--csv`` plus ``.partial``):
+#: a long run that is stopped keeps what it measured.
+PROGRESS: list[Path | None] = [None]
+
+
 def _log(row: dict[str, Any]) -> None:
+    path = PROGRESS[0]
+    if path is not None:
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
     print(
         f"[{row['dataset']} n={row['n']} seed={row['seed']}] {row['method']:<14} "
         f"NLL {row['nll']:8.3f}  cov90 {row['coverage90']:.2f}  {row['fit_seconds']:.1f}s",
@@ -250,8 +264,10 @@ def report(rows: Sequence[dict[str, Any]]) -> str:
         if not part_rows:
             continue
         first = "n" if part == "sizes" else "n train"
-        out.append(f"| data set | role | {first} | " + " | ".join(methods) + " | best other |")
-        out.append("|---|---|---:|" + "---:|" * (len(methods) + 1))
+        out.append(
+            f"| data set | role | {first} | " + " | ".join(methods) + " | best other | mdn - best |"
+        )
+        out.append("|---|---|---:|" + "---:|" * (len(methods) + 2))
         keys = sorted({(r["dataset"], r["n"]) for r in part_rows}, key=lambda k: (k[0], k[1]))
         for dataset, n in keys:
             cell = [r for r in part_rows if r["dataset"] == dataset and r["n"] == n]
@@ -268,17 +284,27 @@ def report(rows: Sequence[dict[str, Any]]) -> str:
                 text = f"{stats[m][0]:.3f} ± {stats[m][1]:.3f}"
                 texts.append(f"**{text}**" if m == best else text)
             role = cell[0]["role"]
-            out.append(f"| {dataset} | {role} | {n} | " + " | ".join(texts) + f" | {ref or '-'} |")
+            gap = f"{stats['mdn'][0] - stats[ref][0]:+.3f}" if ref and "mdn" in stats else "-"
+            out.append(
+                f"| {dataset} | {role} | {n} | " + " | ".join(texts) + f" | {ref or '-'} | {gap} |"
+            )
         out.append("")
-    out.append("| method | coverage of 50% intervals | coverage of 90% intervals |")
-    out.append("|---|---:|---:|")
-    for m in methods:
-        for part in ("sizes", "small"):
-            sel = [r for r in rows if r["method"] == m and r["part"] == part]
-            if sel:
+    out.append("Coverage of the central 50% / 90% intervals, pooled over the sizes or splits:")
+    out.append("")
+    out.append("| data set | " + " | ".join(methods) + " |")
+    out.append("|---|" + "---:|" * len(methods))
+    for part in ("sizes", "small"):
+        for dataset in sorted({r["dataset"] for r in rows if r["part"] == part}):
+            texts = []
+            for m in methods:
+                sel = [r for r in rows if r["method"] == m and r["dataset"] == dataset]
+                if not sel:
+                    texts.append("-")
+                    continue
                 c50 = np.mean([float(r["coverage50"]) for r in sel])
                 c90 = np.mean([float(r["coverage90"]) for r in sel])
-                out.append(f"| {m} ({part}) | {c50:.1%} | {c90:.1%} |")
+                texts.append(f"{c50:.0%} / {c90:.0%}")
+            out.append(f"| {dataset} | " + " | ".join(texts) + " |")
     return "\n".join(out)
 
 
@@ -357,7 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quick:
             methods, sizes, seeds, splits = ["mdn", "mlp_ensemble"], [30], 1, 1
             chosen = {"cars"}
+            MDN_KWARGS.setdefault("epochs", 100)  # the pipeline, not the result
         rows = []
+        if not args.quick:
+            PROGRESS[0] = args.csv.with_name(args.csv.name + ".partial")
         if args.part in ("all", "sizes"):
             for name, source in LARGE.items():
                 if chosen is None or name in chosen:
@@ -368,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows += small_rows(name, source, splits, methods, args.data_dir)
         if rows and not args.quick:
             write_csv(rows, args.csv)
+            if PROGRESS[0] is not None:
+                PROGRESS[0].unlink(missing_ok=True)
             print(f"per-run results: {args.csv}")
     print(report(rows))
     if args.figure is not None:

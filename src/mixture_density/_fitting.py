@@ -25,7 +25,7 @@ from torch import Tensor
 from ._calibration import PITCalibrator
 from ._csv import MAX_ABS_VALUE
 from ._data import guarded_scale
-from ._defaults import AUTO, Plan, resolve
+from ._defaults import AUTO, SMALL_N, Plan, resolve
 from ._ensemble import StackedMDN, member_results
 from ._env import world_size
 from ._errors import MixtureDensityError
@@ -103,7 +103,9 @@ def training_kwargs(est: Any, plan: Plan) -> dict[str, Any]:
         "lr": plan.lr,
         "weight_decay": est.weight_decay,
         "patience": plan.patience,
-        "noise_regularization": est.noise_regularization,
+        "noise_regularization": (
+            plan.noise if est.noise_regularization == SMALL_N else est.noise_regularization
+        ),
         "verbose": bool(est.verbose),
         "device": est.device,
     }
@@ -211,7 +213,7 @@ def fit_arrays(
         val_rows, train_rows = perm[:n_val], perm[n_val:]
     else:  # too few rows to hold any out: train on everything, no early stopping
         val_rows, train_rows = np.arange(0), np.arange(n)
-    plan = resolve(est, len(train_rows))
+    plan = resolve(est, len(train_rows), plain)
     seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=plan.n_estimators)]
 
     Xs = torch.as_tensor((X - x_stats[0]) / x_stats[1], dtype=torch.float32)
@@ -314,7 +316,7 @@ def encoded_targets(
     The map comes first (bounds take ``y`` onto R), then the standardization of the mapped
     values, from one representative point per entry (``_targets.Encoded.points``).
     """
-    if est.noise_regularization is not None:
+    if est.noise_regularization not in (None, SMALL_N):  # the default rule stays off here
         raise ValueError(
             "noise_regularization cannot be combined with target_resolution, target_bounds, "
             "y_upper or missing targets (noise would blur exact values into intervals); "
