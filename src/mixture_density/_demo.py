@@ -96,15 +96,15 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(
         "inverse problem: y ~ U(-1, 1), x = 7 sin(5y) + 0.5y + 0.5 eps; fit p(y | x) with "
-        f"K=3 components per network, {model.n_estimators} networks averaged"
+        "K=3 components per network"
     )
     start = time.perf_counter()
     model.fit(X, y)
     seconds = time.perf_counter() - start
     result = model.fit_results_[0]
     print(
-        f"trained on {n_train} rows: {result.epochs_run} epochs ({result.stop_reason}), "
-        f"{seconds:.1f} s"
+        f"trained on {n_train} rows: {model.plan_.summary()}; {result.epochs_run} epochs "
+        f"({result.stop_reason}), {seconds:.1f} s"
     )
 
     dist = model._mixture(X_test)  # a plain target: the GaussianMixture itself
