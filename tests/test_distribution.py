@@ -530,7 +530,7 @@ def test_icdf_against_scipy_grid(dtype: torch.dtype) -> None:
 
 def test_newton_bisect_keeps_an_exact_hit() -> None:
     """f(x) == target exactly: the root is returned, not the bracket midpoint (was 0.125)."""
-    identity = lambda x: (x, torch.ones_like(x))  # noqa: E731
+    identity = lambda x, index: (x, torch.ones_like(x))  # noqa: E731
     lo, hi = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
     r = _search.newton_bisect(identity, torch.tensor([0.25, -0.5]), lo, hi)
     torch.testing.assert_close(r, torch.tensor([0.25, -0.5]), rtol=0.0, atol=0.0)
@@ -1097,3 +1097,21 @@ def test_high_dimensional_log_prob_is_finite_where_linear_space_underflows(
     assert torch.isfinite(lp).all()
     ref = MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, sigma), 1))
     torch.testing.assert_close(lp, ref.log_prob(y), rtol=1e-12, atol=1e-9)
+
+
+def test_icdf_searches_only_the_elements_still_searching() -> None:
+    """Quantiles of many rows and levels at once equal those computed one level at a time
+    (the compacted search evaluates each element's own mixture), and hit their levels."""
+    g = torch.Generator().manual_seed(3)
+    gm = GaussianMixture(
+        torch.randn(40, 6, generator=g, dtype=torch.float64),
+        torch.randn(40, 6, 1, generator=g, dtype=torch.float64) * 3,
+        scale=torch.rand(40, 6, 1, generator=g, dtype=torch.float64) + 0.05,
+    )
+    q = torch.rand(5, 40, generator=g, dtype=torch.float64)
+    together = gm.icdf(q)  # (5, 40, 1)
+    for level in range(5):
+        torch.testing.assert_close(together[level], gm.icdf(q[level]), rtol=0, atol=0)
+    torch.testing.assert_close(gm.cdf(together), q, rtol=0, atol=1e-13)
+    one = gm.icdf(torch.full((1,), 0.3, dtype=torch.float64))  # a level broadcast to rows
+    torch.testing.assert_close(gm.cdf(one), torch.full((40,), 0.3, dtype=torch.float64))

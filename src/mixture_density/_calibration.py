@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from .distribution import GaussianMixture
+
 __all__ = ["MIN_CALIBRATION_ROWS", "PITCalibrator", "RecalibratedDistribution"]
 
 #: Fewer held-out rows than this say too little about the PIT distribution to fit ``R``.
@@ -177,9 +179,34 @@ class RecalibratedDistribution(Distribution):
 
     @property
     def mean(self) -> Tensor:
-        """(*batch, 1) mean: the quantile function averaged over (0, 1) (midpoint rule)."""
+        """(*batch, 1) mean: the quantile function integrated over (0, 1).
+
+        ``R`` is piecewise linear, so the mean is ``sum_j R'_j * int_{u_j}^{u_j+1} F^-1(u) du``
+        over its steps; for a Gaussian mixture each integral is a closed-form partial first
+        moment between the base's quantiles at the knots (``steps - 1`` quantile searches).
+        Other bases (bounded targets) use the midpoint rule on the quantile function.
+        """
+        if isinstance(self.base, GaussianMixture):
+            return self._mixture_mean(self.base)
         like = self.base.mean
         k = MEAN_QUADRATURE_POINTS
         q = (torch.arange(k, dtype=like.dtype, device=like.device) + 0.5) / k
         q = q.view(k, *([1] * len(self.batch_shape))).expand(k, *self.batch_shape)
         return self.icdf(q).mean(0)
+
+    def _mixture_mean(self, base: GaussianMixture) -> Tensor:
+        work, m, nb = torch.float64, self.calibrator.steps, len(self.batch_shape)
+        loc = base.loc[..., 0].to(work)  # (*batch, K)
+        sd = base.component_stddev[..., 0].to(work)
+        w = base.probs.to(work)
+        knots = torch.arange(1, m, dtype=base.dtype, device=loc.device) / m
+        inner = base.icdf(knots.view(-1, *([1] * nb)).expand(m - 1, *self.batch_shape))
+        inf = torch.full((1, *self.batch_shape), math.inf, dtype=work, device=loc.device)
+        ends = torch.cat([-inf, inner[..., 0].to(work), inf])  # (m + 1, *batch)
+        z = (ends.unsqueeze(-1) - loc) / sd  # (m + 1, *batch, K)
+        cdf = torch.special.ndtr(z)
+        pdf = torch.exp(-0.5 * z.square()) / math.sqrt(2 * math.pi)  # 0 at the infinite ends
+        partial = (w * (loc * (cdf[1:] - cdf[:-1]) - sd * (pdf[1:] - pdf[:-1]))).sum(-1)
+        _, v = self.calibrator._table(loc)
+        slopes = ((v[1:] - v[:-1]) * m).view(m, *([1] * nb))
+        return (slopes * partial).sum(0).unsqueeze(-1).to(base.dtype)

@@ -168,19 +168,34 @@ def mixture_icdf(logits: Tensor, loc: Tensor, scale: Tensor, q: Tensor) -> Tenso
     """
     work = torch.float64
     with torch.no_grad():
-        log_w = log_softmax(logits.to(work))
-        mu, sd, p = loc.to(work), scale.to(work), q.to(work)
+        log_w, mu, sd = torch.broadcast_tensors(logits.to(work), loc.to(work), scale.to(work))
+        log_w = log_softmax(log_w)
+        p = q.to(work)
+        shape = torch.broadcast_shapes(p.shape, log_w.shape[:-1])
         tail = torch.minimum(p, 1 - p).clamp_min(torch.finfo(work).tiny)
         c = torch.sqrt(-2.0 * tail.log()).clamp_min(ICDF_BRACKET_STDS)  # (*S, *B)
-        lo = (mu - sd * c.unsqueeze(-1)).amin(-1)  # (*S, *B)
-        hi = (mu + sd * c.unsqueeze(-1)).amax(-1)
-        x = newton_bisect(lambda v: _cdf_and_pdf(log_w, mu, sd, v), p, lo, hi)
+        lo = (mu - sd * c.unsqueeze(-1)).amin(-1).expand(shape)  # (*S, *B)
+        hi = (mu + sd * c.unsqueeze(-1)).amax(-1).expand(shape)
+        # Element i of the flattened (*S, *B) uses the mixture of batch row i % rows when
+        # the samples lead (the usual case); otherwise the parameters are expanded.
+        K, batch = log_w.shape[-1], log_w.shape[:-1]
+        if tuple(shape[len(shape) - len(batch) :]) != tuple(batch):
+            log_w, mu, sd = (t.expand(*shape, K) for t in (log_w, mu, sd))
+        rows = max(1, math.prod(log_w.shape[:-1]))
+        lw, m, s = (t.reshape(-1, K) for t in (log_w, mu, sd))
+
+        def cdf_pdf(v: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+            r = index % rows
+            return _cdf_and_pdf(lw[r], m[r], s[r], v)
+
+        p = p.expand(shape)
+        x = newton_bisect(cdf_pdf, p, lo, hi)
         x = torch.where(p == 0, -math.inf, torch.where(p == 1, math.inf, x))
     return x.to(q.dtype)
 
 
 def newton_bisect(
-    func: Callable[[Tensor], tuple[Tensor, Tensor]],
+    func: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
     target: Tensor,
     lo: Tensor,
     hi: Tensor,
@@ -195,11 +210,14 @@ def newton_bisect(
     when that step leaves the bracket (or the derivative vanishes). Convergence is
     guaranteed for any continuous increasing ``f`` with ``f(lo) <= target <= f(hi)``. An
     element stops, and keeps its point, once ``f`` hits the target exactly, its Newton
-    step or its bracket is below ``xtol * (1 + |x|)``; later iterations of the others do
-    not move it.
+    step or its bracket is below ``xtol * (1 + |x|)``. Only the elements still searching
+    are evaluated: a few slow ones (bisecting in a flat stretch) do not make every
+    element pay for their iterations.
 
     Args:
-        func: maps ``x`` to ``(f(x), f'(x))``, both of the shape of ``x``.
+        func: maps ``(x, index)`` to ``(f(x), f'(x))``, all 1-D: ``x`` the points of the
+            elements still searching and ``index`` their positions in the flattened
+            ``target``.
         target: values to reach, same shape as ``lo`` and ``hi``.
         lo: lower end of the bracket.
         hi: upper end of the bracket.
@@ -210,7 +228,7 @@ def newton_bisect(
         The roots, shape of ``target``.
 
     Example:
-        >>> cube = lambda x: (x**3, 3 * x**2)
+        >>> cube = lambda x, index: (x**3, 3 * x**2)
         >>> r = newton_bisect(cube, torch.tensor([8.0, -1.0]), torch.full((2,), -5.0),
         ...                   torch.full((2,), 5.0))
         >>> torch.allclose(r, torch.tensor([2.0, -1.0]))
@@ -219,27 +237,31 @@ def newton_bisect(
     if xtol is None:
         # A few ulps: bisection cannot do better, and Newton has converged long before.
         xtol = 4.0 * torch.finfo(target.dtype).eps
-    lo, hi = lo.clone(), hi.clone()
+    shape = target.shape
+    t = target.reshape(-1)
+    lo, hi = lo.reshape(-1).clone(), hi.reshape(-1).clone()
     x = 0.5 * (lo + hi)
-    done = torch.zeros_like(target, dtype=torch.bool)
+    active = torch.arange(t.numel(), device=t.device)
     for _ in range(max_iter):
-        f, df = func(x)
-        hit = f == target
-        below = f < target
-        lo = torch.where(below, x, lo)
-        hi = torch.where(below | hit, hi, x)
-        newton = x - (f - target) / df
-        ok = torch.isfinite(newton) & (newton > lo) & (newton < hi)
-        x_new = torch.where(ok, newton, 0.5 * (lo + hi))
+        if active.numel() == 0:
+            break
+        xa, ta = x[active], t[active]
+        f, df = func(xa, active)
+        hit = f == ta
+        below = f < ta
+        la = torch.where(below, xa, lo[active])
+        ha = torch.where(below | hit, hi[active], xa)
+        newton = xa - (f - ta) / df
+        ok = torch.isfinite(newton) & (newton > la) & (newton < ha)
+        x_new = torch.where(ok, newton, 0.5 * (la + ha))
         tol = xtol * (1.0 + x_new.abs())
-        converged = hit | ((x_new - x).abs() <= tol) | ((hi - lo) <= tol)
+        converged = hit | ((x_new - xa).abs() <= tol) | ((ha - la) <= tol)
         # An exact hit is the root itself: keep x, not the bracket midpoint that a rejected
         # Newton step (x_new == x == hi) would fall back to.
-        x = torch.where(done | hit, x, x_new)
-        done = done | converged
-        if bool(done.all()):
-            break
-    return x
+        x[active] = torch.where(hit, xa, x_new)
+        lo[active], hi[active] = la, ha
+        active = active[~converged]
+    return x.reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------
