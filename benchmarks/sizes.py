@@ -188,7 +188,7 @@ def _fit_mdn(
 # ------------------------------------------------------------------------------------ runs
 def sizes_rows(
     name: str, source: Source, sizes: Sequence[int], seeds: int, methods: Sequence[str],
-    data_dir: Path,
+    data_dir: Path, first_seed: int = 0,
 ) -> list[dict[str, Any]]:  # fmt: skip
     X, y = load(source, data_dir)
     rng = np.random.default_rng(0)
@@ -199,7 +199,7 @@ def sizes_rows(
     for n in sizes:
         if n > len(pool):
             continue
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             train = np.random.default_rng([seed, n]).choice(pool, size=n, replace=False)
             for method in methods:
                 row = run_method(method, X[train], y[train], X[test], y[test], seed)
@@ -357,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", help="comma-separated names (default: all of the part)")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--seeds", type=int, default=10, help="seeds per size (default 10)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first.. (resuming)")
     parser.add_argument("--splits", type=int, default=SMALL_SPLITS)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -390,7 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.part in ("all", "sizes"):
             for name, source in LARGE.items():
                 if chosen is None or name in chosen:
-                    rows += sizes_rows(name, source, sizes, seeds, methods, args.data_dir)
+                    rows += sizes_rows(
+                        name, source, sizes, seeds, methods, args.data_dir, args.first_seed
+                    )
         if args.part in ("all", "small"):
             for name, source in SMALL.items():
                 if chosen is None or name in chosen:
