@@ -148,3 +148,24 @@ def test_recalibrated_mixture_mean_is_the_integral_of_its_quantiles() -> None:
     k = 200_000
     q = ((torch.arange(k, dtype=torch.float64) + 0.5) / k).view(k, 1).expand(k, 7)
     torch.testing.assert_close(dist.mean[..., 0], dist.icdf(q).mean(0)[..., 0], rtol=0, atol=1e-6)
+
+
+def test_interval_ends_are_knots_and_old_files_read_uniform() -> None:
+    """The 50% and 90% interval ends are knots of R (the smoothed PIT cdf there, not an
+    interpolation across a step), and a calibrator saved without a grid (equal steps) maps
+    as before."""
+    pit = np.random.default_rng(1).beta(0.5, 0.5, size=40)  # overconfident: PITs at the ends
+    cal = PITCalibrator.fit(pit)
+    m = 6  # round(sqrt(40))
+    assert set((0.05, 0.25, 0.75, 0.95)) <= set(cal.grid) and len(cal.grid) == m + 1 + 4
+    for g in (0.05, 0.95):
+        expected = (np.sum(pit <= g) + m * g) / (40 + m)
+        assert cal.map(torch.tensor([g], dtype=torch.float64)).item() == pytest.approx(expected)
+    assert PITCalibrator.from_config(cal.to_config()) == cal
+    old = PITCalibrator.from_config({"values": [0.0, 0.3, 0.5, 1.0], "n": 30})
+    u = torch.tensor([0.0, 1 / 6, 0.5, 0.9, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(old.map(u), torch.tensor([0.0, 0.15, 0.4, 0.85, 1.0],
+                               dtype=torch.float64))  # fmt: skip
+    assert old.log_slope(torch.tensor([0.1])).exp().item() == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="same length"):
+        PITCalibrator.from_config({"values": [0.0, 0.5, 1.0], "n": 30, "grid": [0.0, 1.0]})

@@ -5,12 +5,15 @@ data are uniform. Quantile recalibration (Kuleshov et al., 2018) learns a monoto
 of ``[0, 1]`` from held-out PIT values and forecasts ``G = R(F)``: cdf ``R(F(y))``, quantiles
 ``F^-1(R^-1(q))``, density ``R'(F(y)) f(y)``.
 
-``R`` here is piecewise linear on a fixed grid of ``m`` equal steps in ``u``, through the
-smoothed empirical cdf of the PIT values: ``R(j / m) = (#{u_i <= j / m} + a j / m) / (n + a)``
-with ``a = m`` pseudo-observations spread uniformly. So ``R(0) = 0``, ``R(1) = 1``, ``R`` is
-strictly increasing (hence invertible) and its slope lies in ``[a / (n + a), m]``: the
-recalibrated density can neither vanish nor grow without bound, whatever the PIT sample.
-``m`` grows like ``sqrt(n)`` (between 5 and 50 steps): finer with more calibration rows.
+``R`` here is piecewise linear on a fixed grid in ``u``, through the smoothed empirical cdf
+of the PIT values: ``R(g) = (#{u_i <= g} + a g) / (n + a)`` at each knot ``g``, with ``a = m``
+pseudo-observations spread uniformly. The knots are ``m`` equal steps plus the ends of the
+central 50% and 90% intervals (0.05, 0.25, 0.75, 0.95), so that those intervals are
+recalibrated at their own levels rather than interpolated across a coarse step. So
+``R(0) = 0``, ``R(1) = 1``, ``R`` is strictly increasing (hence invertible) and its slope is
+at least ``a / (n + a)`` and bounded above: the recalibrated density can neither vanish nor
+grow without bound, whatever the PIT sample. ``m`` grows like ``sqrt(n)`` (between 5 and 50
+steps): finer with more calibration rows.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from .distribution import GaussianMixture
 
 __all__ = ["MIN_CALIBRATION_ROWS", "PITCalibrator", "RecalibratedDistribution"]
 
+#: Knots of ``R`` besides its equal steps: the ends of the central 50% and 90% intervals.
+INTERVAL_KNOTS = (0.05, 0.25, 0.75, 0.95)
 #: Fewer held-out rows than this say too little about the PIT distribution to fit ``R``.
 MIN_CALIBRATION_ROWS = 20
 #: Steps of the grid of ``R``: ``clip(round(sqrt(n)), MIN_STEPS, MAX_STEPS)``.
@@ -42,12 +47,15 @@ class PITCalibrator:
     """The monotone map ``R`` of ``[0, 1]`` (see the module docstring).
 
     Attributes:
-        values: ``(m + 1,)`` ``R`` at ``0, 1/m, ..., 1``, strictly increasing from 0 to 1.
+        values: ``R`` at the knots, strictly increasing from 0 to 1.
         n: the number of PIT values it was fitted on.
+        grid: the knots, increasing from 0 to 1 (empty: ``len(values) - 1`` equal steps, as
+            in files written before the interval knots).
     """
 
     values: tuple[float, ...]
     n: int
+    grid: tuple[float, ...] = ()
 
     @classmethod
     def fit(cls, pit: np.ndarray) -> PITCalibrator:
@@ -61,11 +69,11 @@ class PITCalibrator:
         u = np.sort(np.clip(np.asarray(pit, dtype=np.float64).ravel(), 0.0, 1.0))
         n = len(u)
         m = int(np.clip(round(math.sqrt(n)), MIN_STEPS, MAX_STEPS))
-        grid = np.arange(m + 1) / m
+        grid = np.unique(np.concatenate([np.arange(m + 1) / m, INTERVAL_KNOTS]))
         counts = np.searchsorted(u, grid, side="right").astype(np.float64)
         values = (counts + m * grid) / (n + m)
         values[0], values[-1] = 0.0, 1.0  # exact ends: a PIT of exactly 0 counts in [0, 1/m)
-        return cls(tuple(float(v) for v in values), n)
+        return cls(tuple(float(v) for v in values), n, tuple(float(g) for g in grid))
 
     @property
     def steps(self) -> int:
@@ -73,7 +81,10 @@ class PITCalibrator:
 
     def _table(self, like: Tensor) -> tuple[Tensor, Tensor]:
         v = torch.tensor(self.values, dtype=like.dtype, device=like.device)
-        g = torch.linspace(0.0, 1.0, self.steps + 1, dtype=like.dtype, device=like.device)
+        if self.grid:
+            g = torch.tensor(self.grid, dtype=like.dtype, device=like.device)
+        else:
+            g = torch.linspace(0.0, 1.0, self.steps + 1, dtype=like.dtype, device=like.device)
         return g, v
 
     def map(self, u: Tensor) -> Tensor:
@@ -88,25 +99,32 @@ class PITCalibrator:
 
     def log_slope(self, u: Tensor) -> Tensor:
         """``log R'(u)``: the log-density correction at PIT value ``u`` (any shape)."""
-        _, v = self._table(u)
-        slopes = (v[1:] - v[:-1]) * self.steps  # (m,)
-        step = (u.clamp(0.0, 1.0) * self.steps).floor().clamp(max=self.steps - 1).long()
-        return slopes.log()[step]
+        g, v = self._table(u)
+        slopes = (v[1:] - v[:-1]) / (g[1:] - g[:-1])  # (steps,)
+        step = torch.searchsorted(g, u.clamp(0.0, 1.0).contiguous(), right=True) - 1
+        return slopes.log()[step.clamp(0, self.steps - 1)]
 
     def to_config(self) -> dict[str, Any]:
-        return {"values": list(self.values), "n": self.n}
+        config: dict[str, Any] = {"values": list(self.values), "n": self.n}
+        if self.grid:
+            config["grid"] = list(self.grid)
+        return config
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PITCalibrator:
         values = tuple(float(v) for v in config["values"])
-        if (
-            len(values) < 2
-            or values[0] != 0.0
-            or values[-1] != 1.0
-            or any(b <= a for a, b in itertools.pairwise(values))
-        ):
-            raise ValueError("calibration values must increase strictly from 0 to 1")
-        return cls(values, int(config["n"]))
+        grid = tuple(float(g) for g in config.get("grid", ()))
+        for name, seq in (("values", values), ("grid", grid or (0.0, 1.0))):
+            if (
+                len(seq) < 2
+                or seq[0] != 0.0
+                or seq[-1] != 1.0
+                or any(b <= a for a, b in itertools.pairwise(seq))
+            ):
+                raise ValueError(f"calibration {name} must increase strictly from 0 to 1")
+        if grid and len(grid) != len(values):
+            raise ValueError("calibration grid and values must have the same length")
+        return cls(values, int(config["n"]), grid)
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -199,7 +217,8 @@ class RecalibratedDistribution(Distribution):
         loc = base.loc[..., 0].to(work)  # (*batch, K)
         sd = base.component_stddev[..., 0].to(work)
         w = base.probs.to(work)
-        knots = torch.arange(1, m, dtype=base.dtype, device=loc.device) / m
+        g, v = self.calibrator._table(loc)
+        knots = g[1:-1].to(base.dtype)
         inner = base.icdf(knots.view(-1, *([1] * nb)).expand(m - 1, *self.batch_shape))
         inf = torch.full((1, *self.batch_shape), math.inf, dtype=work, device=loc.device)
         ends = torch.cat([-inf, inner[..., 0].to(work), inf])  # (m + 1, *batch)
@@ -207,6 +226,5 @@ class RecalibratedDistribution(Distribution):
         cdf = torch.special.ndtr(z)
         pdf = torch.exp(-0.5 * z.square()) / math.sqrt(2 * math.pi)  # 0 at the infinite ends
         partial = (w * (loc * (cdf[1:] - cdf[:-1]) - sd * (pdf[1:] - pdf[:-1]))).sum(-1)
-        _, v = self.calibrator._table(loc)
-        slopes = ((v[1:] - v[:-1]) * m).view(m, *([1] * nb))
+        slopes = ((v[1:] - v[:-1]) / (g[1:] - g[:-1])).view(m, *([1] * nb))
         return (slopes * partial).sum(0).unsqueeze(-1).to(base.dtype)
