@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import write_csv
 from mixture_density._files import atomic_path
 from mixture_density.cli import main
 from mixture_density.estimator import MDNRegressor
@@ -18,14 +19,6 @@ from mixture_density.estimator import MDNRegressor
 # The console script installed next to the interpreter running the tests (.venv/bin/mdn).
 MDN = Path(sys.executable).with_name("mdn")
 FAST_FIT = ["--epochs", "5", "--hidden", "8", "--components", "2", "--quiet"]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")

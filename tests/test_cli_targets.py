@@ -3,24 +3,16 @@ point-mass warning and notes, one-line errors that leave no file behind."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _helpers import write_csv
 from mixture_density.cli import main
 from mixture_density.estimator import MDNRegressor
 
 FAST = ["--epochs", "5", "--hidden", "8", "--components", "2", "--estimators", "1", "--quiet"]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")

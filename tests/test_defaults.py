@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -25,13 +24,9 @@ from mixture_density._ensemble import StackedMDN
 from mixture_density._fitting import GROUP_PRIOR, group_weights
 
 
-def _auto(**overrides: Any) -> MDNRegressor:
-    return MDNRegressor(**overrides)
-
-
 @pytest.mark.parametrize("n", [1, 2, 15, 30, 80, 255, 256, 511, 512, 1000, 2047, 2048, 10**6])
 def test_plan_rules_in_n(n: int) -> None:
-    plan = resolve(_auto(), n)
+    plan = resolve(MDNRegressor(), n)
     B = plan.batch_size
     assert min(128, max(16, 2 ** math.floor(math.log2(max(n / 16, 1))))) == B
     steps = math.ceil(n / min(B, n))
@@ -52,25 +47,27 @@ def test_large_data_keep_the_uci_defaults() -> None:
     # From 3,073 training rows (25 steps of 128 per epoch: 200 epochs hold 5,000 steps) the
     # plan is the former fixed defaults: batch 128, 200 epochs, patience 30, five
     # 5-component networks; the step count (and time) is linear in n.
-    assert resolve(_auto(), 3072).epochs > 200  # 24 steps per epoch
+    assert resolve(MDNRegressor(), 3072).epochs > 200  # 24 steps per epoch
     for n in (3073, 10**5, 10**6):
-        plan = resolve(_auto(), n)
+        plan = resolve(MDNRegressor(), n)
         assert (plan.batch_size, plan.epochs, plan.patience) == (128, 200, 30)
         assert plan.member_components == (5,) * 5
 
 
 def test_given_values_are_used_as_given() -> None:
-    est = _auto(n_components=3, n_estimators=2, epochs=7, batch_size=50, patience=None, lr=0.5)
+    est = MDNRegressor(
+        n_components=3, n_estimators=2, epochs=7, batch_size=50, patience=None, lr=0.5
+    )
     plan = resolve(est, 100)
     assert (plan.batch_size, plan.epochs, plan.patience, plan.lr) == (50, 7, None, 0.5)
     assert plan.member_components == (3, 3)
-    assert resolve(_auto(lr="auto"), 100).lr == pytest.approx(1e-2 * 16 / 128)
+    assert resolve(MDNRegressor(lr="auto"), 100).lr == pytest.approx(1e-2 * 16 / 128)
     assert member_components(100, 5, 5) == (1, 1, 5, 5, 5)  # n_estimators given, K auto
     assert member_components(100, None, 1) == (1,) * 5
 
 
 def test_plan_round_trips_and_reads() -> None:
-    plan = resolve(_auto(), 90)
+    plan = resolve(MDNRegressor(), 90)
     assert Plan.from_config(plan.to_config()) == plan
     assert plan.summary().startswith("10 networks (K = 1/5), batch 16, lr 0.01")
 

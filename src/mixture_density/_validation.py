@@ -33,6 +33,7 @@ __all__ = [
     "packed_parameters",
     "positive",
     "probabilities",
+    "require_tensor",
     "scale_and_shift",
 ]
 
@@ -59,6 +60,13 @@ def one_factor(**factors: Tensor | None) -> tuple[str, Tensor]:
     return given[0]
 
 
+def require_tensor(name: str, value: Any) -> Tensor:
+    """``value`` itself if it is a tensor, else a ``TypeError`` naming ``name``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
 def float_tensors(*named: tuple[str, Any]) -> list[Tensor]:
     """Check that every argument is a floating-point tensor; cast all to one dtype.
 
@@ -67,8 +75,7 @@ def float_tensors(*named: tuple[str, Any]) -> list[Tensor]:
     """
     dtype = None
     for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        require_tensor(name, t)
         if not t.is_floating_point():
             raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
         dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)

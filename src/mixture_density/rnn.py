@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._validation import require_tensor
 from .distribution import GaussianMixture
 from .nn import MixtureDensityHead, _check_int, _check_positive_float
 from .noise import NoiseType
@@ -125,8 +126,7 @@ class MixtureDensityRNN(nn.Module):
         return dict(self._config)
 
     def _check_x(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
+        require_tensor("x", x)
         if x.dim() != 3 or x.shape[-1] != self.dim_in:
             raise ValueError(
                 f"x must have shape (B, T, dim_in={self.dim_in}), got {tuple(x.shape)}."
@@ -173,8 +173,7 @@ class MixtureDensityRNN(nn.Module):
         """
         self._check_x(x)
         steps = tuple(x.shape[:-1])
-        if not isinstance(y, Tensor):
-            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}.")
+        require_tensor("y", y)
         if self.dim_out == 1 and tuple(y.shape) == steps:
             y = y.unsqueeze(-1)
         if tuple(y.shape) != (*steps, self.dim_out):
@@ -185,8 +184,7 @@ class MixtureDensityRNN(nn.Module):
         mixture, _ = self(x)
         if mask is None:
             return -mixture.log_prob(y)
-        if not isinstance(mask, Tensor):
-            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}.")
+        require_tensor("mask", mask)
         if tuple(mask.shape) != steps:
             raise ValueError(
                 f"mask must have shape (B, T) = {steps} to match x of shape "
@@ -261,8 +259,7 @@ class MixtureDensityRNN(nn.Module):
         steps = _check_int("steps", steps)
         pi_temperature = _check_positive_float("pi_temperature", pi_temperature)
         scale_temperature = _check_positive_float("scale_temperature", scale_temperature)
-        if not isinstance(y0, Tensor):
-            raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}.")
+        require_tensor("y0", y0)
         if y0.dim() != 2 or y0.shape[1] != self.dim_out:
             raise ValueError(
                 f"y0 must have shape (B, dim_out={self.dim_out}), got {tuple(y0.shape)}."
@@ -301,8 +298,7 @@ class MixtureDensityRNN(nn.Module):
                 f"{self.dim_in} is the previous output (dim_out={self.dim_out}) followed by "
                 f"{n_extra} exogenous features per step."
             )
-        if not isinstance(inputs, Tensor):
-            raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}.")
+        require_tensor("inputs", inputs)
         if tuple(inputs.shape) != expected:
             raise ValueError(
                 f"inputs must have shape (B, steps, dim_in - dim_out) = {expected}, got "
