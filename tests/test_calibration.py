@@ -12,7 +12,11 @@ import torch
 from scipy import integrate, stats
 
 from mixture_density import GaussianMixture
-from mixture_density._calibration import PITCalibrator, RecalibratedDistribution
+from mixture_density._calibration import (
+    IDENTITY_WEIGHT,
+    PITCalibrator,
+    RecalibratedDistribution,
+)
 from mixture_density.estimator import MDNRegressor
 
 
@@ -22,7 +26,7 @@ def test_map_is_monotone_and_near_identity_for_uniform_pits() -> None:
     u = torch.linspace(0, 1, 1001, dtype=torch.float64)
     r = cal.map(u)
     assert r[0] == 0 and r[-1] == 1 and bool((r[1:] > r[:-1]).all())
-    # The smoothed empirical cdf of 10^4 uniform draws: within a few 1/sqrt(n) of u.
+    # Through the empirical quantiles of 10^4 uniform draws: within a few 1/sqrt(n) of u.
     assert float((r - u).abs().max()) < 0.02
     torch.testing.assert_close(cal.inverse(r), u, rtol=0, atol=1e-12)
     slope = cal.log_slope(u).exp()
@@ -31,13 +35,32 @@ def test_map_is_monotone_and_near_identity_for_uniform_pits() -> None:
 
 def test_map_slopes_are_bounded_whatever_the_pits() -> None:
     cal = PITCalibrator.fit(np.full(400, 0.5))  # every PIT value the same
-    m, n = cal.steps, cal.n
+    smallest_step = min(b - a for a, b in itertools.pairwise(cal.values))
     slopes = cal.log_slope(torch.linspace(0, 1, 999, dtype=torch.float64)).exp()
-    assert float(slopes.min()) >= m / (n + m) - 1e-12
-    assert float(slopes.max()) <= m + 1e-9
+    # Each step of R rises by a level step over at most the whole of [0, 1], and over at
+    # least IDENTITY_WEIGHT times that level step.
+    assert float(slopes.min()) >= smallest_step - 1e-12
+    assert float(slopes.max()) == pytest.approx(1 / IDENTITY_WEIGHT)
     assert PITCalibrator.from_config(cal.to_config()) == cal
     with pytest.raises(ValueError, match="increase strictly"):
         PITCalibrator.from_config({"values": [0.0, 0.7, 0.6, 1.0], "n": 3})
+
+
+def test_recalibrated_intervals_cover_their_level_on_few_rows() -> None:
+    """An over-confident model (PIT values Phi(1.4 z): its 90% interval covers 76%)
+    recalibrated on 40 rows: the 90% and 50% intervals cover their levels in expectation
+    (mean over 400 calibration samples, exact coverage of each interval under the true PIT
+    law; the standard error of the mean is about 0.002)."""
+    rng = np.random.default_rng(0)
+    s = 1.4
+    covers = []
+    for _ in range(400):
+        cal = PITCalibrator.fit(stats.norm.cdf(s * rng.standard_normal(40)))
+        ends = cal.inverse(torch.tensor([0.05, 0.95, 0.25, 0.75], dtype=torch.float64))
+        true_cdf = stats.norm.cdf(stats.norm.ppf(ends.numpy()) / s)  # P(U <= end)
+        covers.append([true_cdf[1] - true_cdf[0], true_cdf[3] - true_cdf[2]])
+    c90, c50 = np.mean(covers, axis=0)
+    assert abs(c90 - 0.90) < 0.01 and abs(c50 - 0.50) < 0.01, (c90, c50)
 
 
 @pytest.fixture()
@@ -120,6 +143,37 @@ def test_calibrate_brings_coverage_to_nominal(tmp_path: Path) -> None:
     assert model.predict(X_new[:5]).shape == (5,) and model.sample(X_new[:5], 3).shape == (3, 5)
 
 
+def test_cross_fitted_calibration_on_the_training_rows() -> None:
+    # No rows to spare: calibrate(X, y, cv=4) on the 400 training rows themselves. The PIT
+    # values come from 4 copies fitted on 300 rows each; the model is not refitted.
+    X, y = heavy_tailed(4400, seed=2)
+    params = dict(n_components=1, n_estimators=1, hidden_dims=(16,), epochs=40, random_state=0)
+    model = MDNRegressor(**params).fit(X[:400], y[:400])
+    X_new, y_new = X[400:], y[400:]
+    mode = model.predict_mode(X_new[:5])
+    before = {level: coverage(model, X_new, y_new, level) for level in (0.5, 0.9)}
+    assert abs(before[0.5] - 0.5) > 0.04
+    model.calibrate(X[:400], y[:400], cv=4)
+    assert model.calibrator_.n == 400
+    np.testing.assert_array_equal(model.predict_mode(X_new[:5]), mode)  # same network
+    after = {level: coverage(model, X_new, y_new, level) for level in (0.5, 0.9)}
+    # 4000 new rows (binomial SE 0.008 and 0.005). The copies saw 25% fewer rows, and
+    # their PIT values on unseen rows spread more than the model's will, so the map errs
+    # wide (here 0.84 -> 0.56 and 0.98 -> 0.95); it must move both intervals at least a
+    # third of the way to their level, and not past it.
+    for level in (0.5, 0.9):
+        assert level <= after[level] < before[level] - (before[level] - level) / 3
+    # The same folds and fits again: the same map.
+    again = MDNRegressor(**params).fit(X[:400], y[:400]).calibrate(X[:400], y[:400], cv=4)
+    assert again.calibrator_ == model.calibrator_
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        model.calibrate(X[:400], y[:400], cv=1)
+    with pytest.raises(TypeError, match="cv must be None or an integer"):
+        model.calibrate(X[:400], y[:400], cv="4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 30 rows"):
+        model.calibrate(X[:25], y[:25], cv=30)
+
+
 def test_calibrate_refuses_what_it_cannot_do() -> None:
     X, y = heavy_tailed(200, seed=1)
     model = MDNRegressor(n_components=1, n_estimators=1, hidden_dims=(8,), epochs=3,
@@ -151,16 +205,19 @@ def test_recalibrated_mixture_mean_is_the_integral_of_its_quantiles() -> None:
 
 
 def test_interval_ends_are_knots_and_old_files_read_uniform() -> None:
-    """The 50% and 90% interval ends are knots of R (the smoothed PIT cdf there, not an
-    interpolation across a step), and a calibrator saved without a grid (equal steps) maps
-    as before."""
+    """The 50% and 90% interval ends are levels of R: their recalibrated PIT values are the
+    PIT quantiles at plotting position q (n + 1) (numpy's "weibull" method), not an
+    interpolation across a step; a calibrator saved without a grid (equal steps) maps as
+    before."""
     pit = np.random.default_rng(1).beta(0.5, 0.5, size=40)  # overconfident: PITs at the ends
     cal = PITCalibrator.fit(pit)
     m = 6  # round(sqrt(40))
-    assert set((0.05, 0.25, 0.75, 0.95)) <= set(cal.grid) and len(cal.grid) == m + 1 + 4
-    for g in (0.05, 0.95):
-        expected = (np.sum(pit <= g) + m * g) / (40 + m)
-        assert cal.map(torch.tensor([g], dtype=torch.float64)).item() == pytest.approx(expected)
+    assert set((0.05, 0.25, 0.75, 0.95)) <= set(cal.values) and len(cal.grid) == m + 1 + 4
+    for q in (0.05, 0.25, 0.75, 0.95):
+        w = IDENTITY_WEIGHT
+        expected = (1 - w) * np.quantile(pit, q, method="weibull") + w * q
+        got = cal.inverse(torch.tensor([q], dtype=torch.float64)).item()
+        assert got == pytest.approx(expected, rel=1e-12)
     assert PITCalibrator.from_config(cal.to_config()) == cal
     old = PITCalibrator.from_config({"values": [0.0, 0.3, 0.5, 1.0], "n": 30})
     u = torch.tensor([0.0, 1 / 6, 0.5, 0.9, 1.0], dtype=torch.float64)

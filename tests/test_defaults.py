@@ -24,31 +24,36 @@ from mixture_density._ensemble import StackedMDN
 from mixture_density._fitting import GROUP_PRIOR, group_weights
 
 
-@pytest.mark.parametrize("n", [1, 2, 15, 30, 80, 255, 256, 511, 512, 1000, 2047, 2048, 10**6])
+@pytest.mark.parametrize(
+    "n", [1, 2, 15, 30, 80, 199, 200, 255, 256, 500, 511, 512, 999, 1000, 1023, 1024, 2048, 10**6]
+)
 def test_plan_rules_in_n(n: int) -> None:
     plan = resolve(MDNRegressor(), n)
     B = plan.batch_size
-    assert min(128, max(16, 2 ** math.floor(math.log2(max(n / 16, 1))))) == B
+    assert min(128, max(16, 2 ** math.floor(math.log2(max(n / 8, 1))))) == B
     steps = math.ceil(n / min(B, n))
-    # At least MAX_STEPS optimizer steps in all and 200 passes; at least PATIENCE_STEPS steps
-    # and 30 passes of patience.
-    assert plan.epochs == max(200, math.ceil(MAX_STEPS / steps))
-    assert plan.epochs * steps >= MAX_STEPS
+    # At least MAX_STEPS optimizer steps up to 500 rows (fewer as 1/n above) and 200 passes;
+    # at least PATIENCE_STEPS steps and 30 passes of patience.
+    budget = MAX_STEPS * min(1.0, 500 / n)
+    assert plan.epochs == max(200, math.ceil(budget / steps))
+    assert plan.epochs * steps >= budget
     assert plan.patience == max(30, math.ceil(PATIENCE_STEPS / steps))
     assert plan.lr == 1e-2  # the default rate is fixed; "auto" scales it with B
     assert plan.noise == (None if n >= 200 else min(0.3, 0.3 * (50 / n) ** 2))
-    if n < MIXED_ROWS:
+    if n < 200:
         assert plan.member_components == (1,) * 5 + (5,) * 5
+    elif n < MIXED_ROWS:
+        assert plan.member_components == (1,) * 3 + (5,) * 3
     else:
         assert plan.member_components == (5,) * 5
 
 
 def test_large_data_keep_the_uci_defaults() -> None:
-    # From 3,073 training rows (25 steps of 128 per epoch: 200 epochs hold 5,000 steps) the
+    # From 2,049 training rows (17 steps of 128 per epoch: 30 epochs hold 500 steps) the
     # plan is the former fixed defaults: batch 128, 200 epochs, patience 30, five
     # 5-component networks; the step count (and time) is linear in n.
-    assert resolve(MDNRegressor(), 3072).epochs > 200  # 24 steps per epoch
-    for n in (3073, 10**5, 10**6):
+    assert resolve(MDNRegressor(), 2048).patience == 32  # 16 steps per epoch
+    for n in (2049, 3073, 10**5, 10**6):
         plan = resolve(MDNRegressor(), n)
         assert (plan.batch_size, plan.epochs, plan.patience) == (128, 200, 30)
         assert plan.member_components == (5,) * 5

@@ -5,15 +5,20 @@ data are uniform. Quantile recalibration (Kuleshov et al., 2018) learns a monoto
 of ``[0, 1]`` from held-out PIT values and forecasts ``G = R(F)``: cdf ``R(F(y))``, quantiles
 ``F^-1(R^-1(q))``, density ``R'(F(y)) f(y)``.
 
-``R`` here is piecewise linear on a fixed grid in ``u``, through the smoothed empirical cdf
-of the PIT values: ``R(g) = (#{u_i <= g} + a g) / (n + a)`` at each knot ``g``, with ``a = m``
-pseudo-observations spread uniformly. The knots are ``m`` equal steps plus the ends of the
-central 50% and 90% intervals (0.05, 0.25, 0.75, 0.95), so that those intervals are
-recalibrated at their own levels rather than interpolated across a coarse step. So
-``R(0) = 0``, ``R(1) = 1``, ``R`` is strictly increasing (hence invertible) and its slope is
-at least ``a / (n + a)`` and bounded above: the recalibrated density can neither vanish nor
-grow without bound, whatever the PIT sample. ``m`` grows like ``sqrt(n)`` (between 5 and 50
-steps): finer with more calibration rows.
+``R`` here is piecewise linear through knots placed at the empirical quantiles of the PIT
+values: at each level ``q`` (``m`` equal steps plus the ends of the central 50% and 90%
+intervals, 0.05, 0.25, 0.75, 0.95) the knot ``g(q)`` is the quantile of the ``n`` sorted PIT
+values at plotting position ``q (n + 1)`` (between 0 at position 0 and 1 at position
+``n + 1``), and ``R(g(q)) = q``. A new row's PIT value falls between the ``i``-th and ``j``-th
+smallest of ``n`` exchangeable ones with probability ``(j - i) / (n + 1)``, so the
+recalibrated 90% interval covers 90% of new rows in expectation even on 40 rows; a map
+through the empirical cdf at fixed knots under-covers instead, most where the model is
+over-confident (a simulation with PIT values ``Phi(1.4 z)``: 84% rather than 90% on 40 and
+85% on 200 rows). The knots are blended with the identity, ``(1 - w) g(q) + w q`` with
+``w = IDENTITY_WEIGHT``: ``R(0) = 0``, ``R(1) = 1``, ``R`` is strictly increasing (hence
+invertible) and its slope lies between the smallest level step and ``1 / w``, so the
+recalibrated density can neither vanish nor grow without bound, even when PIT values tie.
+``m`` grows like ``sqrt(n)`` (between 5 and 50 steps): finer with more calibration rows.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ MIN_CALIBRATION_ROWS = 20
 #: Steps of the grid of ``R``: ``clip(round(sqrt(n)), MIN_STEPS, MAX_STEPS)``.
 MIN_STEPS = 5
 MAX_STEPS = 50
+#: Share of the identity in the knots of ``R``: bounds its slope, and so the factor by which
+#: recalibration can raise a density, by ``1 / IDENTITY_WEIGHT = 100`` where PIT values
+#: tie or bunch; it moves an interval end by at most 1% of the way back to the model's own.
+IDENTITY_WEIGHT = 0.01
 
 
 @dataclass(frozen=True)
@@ -63,17 +72,18 @@ class PITCalibrator:
 
         Example:
             >>> cal = PITCalibrator.fit(np.linspace(0.01, 0.99, 100) ** 2)  # too many low PITs
-            >>> round(cal.map(torch.tensor([0.25])).item(), 2)  # R lifts them towards uniform
-            0.48
+            >>> round(cal.map(torch.tensor([0.25])).item(), 2)  # a quarter lie below 0.25^2
+            0.5
         """
         u = np.sort(np.clip(np.asarray(pit, dtype=np.float64).ravel(), 0.0, 1.0))
         n = len(u)
         m = int(np.clip(round(math.sqrt(n)), MIN_STEPS, MAX_STEPS))
-        grid = np.unique(np.concatenate([np.arange(m + 1) / m, INTERVAL_KNOTS]))
-        counts = np.searchsorted(u, grid, side="right").astype(np.float64)
-        values = (counts + m * grid) / (n + m)
-        values[0], values[-1] = 0.0, 1.0  # exact ends: a PIT of exactly 0 counts in [0, 1/m)
-        return cls(tuple(float(v) for v in values), n, tuple(float(g) for g in grid))
+        levels = np.unique(np.concatenate([np.arange(m + 1) / m, INTERVAL_KNOTS]))
+        # The sorted values at plotting positions 1..n, with 0 and 1 at positions 0, n + 1.
+        quantiles = np.interp(levels * (n + 1), np.arange(n + 2), np.concatenate([[0.0], u, [1.0]]))
+        grid = (1.0 - IDENTITY_WEIGHT) * quantiles + IDENTITY_WEIGHT * levels
+        grid[0], grid[-1] = 0.0, 1.0  # exact ends
+        return cls(tuple(float(v) for v in levels), n, tuple(float(g) for g in grid))
 
     @property
     def steps(self) -> int:

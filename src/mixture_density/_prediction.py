@@ -45,8 +45,10 @@ __all__ = [
 PREDICT_CHUNK_ROWS = 65536
 
 
-def recalibration(est: Any, X: Any, y: Any) -> PITCalibrator:
-    """The PIT map of ``MDNRegressor.calibrate`` from held-out rows ``(X, y)``."""
+def recalibration(est: Any, X: Any, y: Any, cv: int | None = None) -> PITCalibrator:
+    """The PIT map of ``MDNRegressor.calibrate``: from held-out rows ``(X, y)``, or with
+    ``cv = k`` from the out-of-fold PIT values of ``k`` copies of ``est`` (same parameters)
+    fitted on the other folds of ``(X, y)``."""
     check_is_fitted(est)
     if est.n_outputs_ != 1 or any(o.resolution for o in est._targets.outputs):
         raise ValueError(
@@ -55,26 +57,48 @@ def recalibration(est: Any, X: Any, y: Any) -> PITCalibrator:
             + (", on a grid" if est.n_outputs_ == 1 else "")
             + " (recalibrate each output's quantiles with one model per output)"
         )
+    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer))):
+        raise TypeError(f"cv must be None or an integer number of folds, got {cv!r}")
+    if cv is not None and cv < 2:
+        raise ValueError(f"cv must be at least 2 folds, got {cv}")
     X = features(est, X, reset=False)
-    if X.shape[0] < MIN_CALIBRATION_ROWS:
+    needed = max(MIN_CALIBRATION_ROWS, cv or 0)
+    if X.shape[0] < needed:
         raise ValueError(
-            f"calibrate needs at least {MIN_CALIBRATION_ROWS} rows to learn the PIT "
+            f"calibrate needs at least {needed} rows to learn the PIT "
             f"distribution, got {X.shape[0]}"
         )
-    est.calibrator_ = None  # score the model itself
-    dist = est.predict_distribution(X)
     Y = check_targets(est, y, X.shape[0])
+    if cv is None:
+        est.calibrator_ = None  # score the model itself
+        pit = _pit_values(est, X, Y, np.arange(X.shape[0]))
+    else:
+        from sklearn.base import clone
+        from sklearn.model_selection import KFold
+
+        seed = check_random_state(est.random_state).randint(0, 2**31 - 1)
+        pit = np.empty(X.shape[0])
+        for train, held_out in KFold(int(cv), shuffle=True, random_state=seed).split(X):
+            fold_model = clone(est).fit(X[train], Y[train])
+            pit[held_out] = _pit_values(fold_model, X[held_out], Y[held_out], held_out)
+    return PITCalibrator.fit(pit)
+
+
+def _pit_values(est: Any, X: np.ndarray, Y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """PIT values ``F(y | x)`` of validated rows under ``est`` without recalibration;
+    ``rows``: their numbers in the caller's data, for the error."""
+    dist = est.predict_distribution(X)
     with torch.no_grad():
         value = torch.as_tensor(Y, dtype=dist.base.dtype if hasattr(dist, "spec") else dist.dtype)
         log_density = dist.log_prob(value).double().cpu().numpy()
         pit = dist.cdf(value).double().cpu().numpy()
-    outside = np.flatnonzero(~np.isfinite(log_density))
+    outside = rows[~np.isfinite(log_density)]
     if outside.size:
         raise ValueError(
             f"y of rows {outside[:10].tolist()} has zero density under the fitted model "
             "(outside its support); calibrate on rows the model can score"
         )
-    return PITCalibrator.fit(pit)
+    return pit
 
 
 def log_density(est: Any, X: Any, y: Any, y_upper: Any) -> np.ndarray:

@@ -108,7 +108,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         n_estimators: Number of networks whose densities are averaged (trained as one
             batched model when above 1), or ``"auto"``.
         epochs: Maximum number of passes over the training rows, or ``"auto"``: 200, or
-            more when that is under 5,000 optimizer steps.
+            more when that is under 5,000 optimizer steps (on up to 500 rows; fewer steps
+            above).
         batch_size: Mini-batch size, or ``"auto"``: 16 to 128 rows, growing with ``n``.
         lr: Adam learning rate, or ``"auto"``: ``1e-2 * batch_size / 128``.
         weight_decay: Weight decay (L2) coefficient.
@@ -290,42 +291,44 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         return distribution(self, features(self, X, reset=False))
 
-    def calibrate(self, X: Any, y: Any) -> MDNRegressor:
+    def calibrate(self, X: Any, y: Any, cv: int | None = None) -> MDNRegressor:
         """Recalibrate the fitted model on held-out rows (quantile recalibration).
 
-        The probability integral transform ``u = F(y | x)`` of new data is uniform for a
-        calibrated forecast. This learns a monotone map ``R`` of ``[0, 1]`` from the PIT
-        values of ``(X, y)`` (rows the model was not trained on) and from then on forecasts
-        ``R(F)``: :meth:`predict_quantiles`, :meth:`predict_interval`, :meth:`log_prob`,
-        :meth:`sample`, :meth:`predict` and :meth:`predict_distribution` use it;
-        :meth:`predict_mode` stays the model's. ``R`` is piecewise linear on a grid of
-        ``clip(sqrt(n), 5, 50)`` steps through the smoothed empirical cdf of the PIT values,
-        so it is strictly increasing and its slope (the density factor) stays bounded (see
-        ``mixture_density._calibration``). One continuous output only (bounds allowed, not
-        a grid). Calling it again replaces the previous recalibration.
+        Learns a monotone map ``R`` of ``[0, 1]`` that makes the PIT values ``F(y | x)`` of
+        ``(X, y)`` (rows the model was not trained on) uniform and forecasts ``R(F)`` from
+        then on: every prediction method uses it but :meth:`predict_mode`, which stays the
+        model's. ``R`` is piecewise linear through the PIT
+        values' quantiles at plotting positions ``q (n + 1)``, so the recalibrated intervals
+        cover their level in expectation even on few rows, and its slope stays bounded
+        (``mixture_density._calibration``). One continuous output only (bounds allowed, not
+        a grid). Calling it again replaces the previous recalibration. With ``cv=k``, ``R``
+        comes from the out-of-fold PIT values of ``k`` copies (same parameters) fitted on the
+        other folds of ``(X, y)``: for data too small to hold rows out (``k`` more fits; the
+        model is not refitted; intervals err wide, as the copies saw fewer rows).
 
         Args:
             X: ``(n, n_features)`` array-like, at least 20 rows.
             y: ``(n,)`` or ``(n, 1)`` targets.
+            cv: None (``X, y`` are held-out rows) or the number of folds ``k >= 2`` of
+                cross-fitting on ``X, y`` (the rows the model was trained on).
 
-        Returns:
-            ``self``.
+        Returns: ``self``.
 
         Raises:
-            ValueError: more than one output, a grid target, fewer than 20 rows, or rows
-                whose ``y`` has zero density under the fitted model (they are listed).
+            ValueError: more than one output, a grid target, fewer than 20 rows (or ``cv``),
+                ``cv < 2``, or rows whose ``y`` has zero density (they are listed).
+            TypeError: ``cv`` is not an integer.
 
         Example:
             >>> import numpy as np
             >>> rng = np.random.default_rng(0)
             >>> X = rng.uniform(-1, 1, size=(300, 1))
             >>> y = X[:, 0] + 0.3 * rng.standard_t(3, size=300)  # heavy tails
-            >>> model = MDNRegressor(n_components=1, hidden_dims=(8,), epochs=30,
-            ...                      random_state=0).fit(X[:200], y[:200])
-            >>> model.calibrate(X[200:], y[200:]).calibrator_.n
-            100
+            >>> model = MDNRegressor(n_components=1, hidden_dims=(8,), epochs=30).fit(X, y)
+            >>> model.calibrate(X, y, cv=3).calibrator_.n  # or held-out rows, without cv
+            300
         """
-        self.calibrator_ = recalibration(self, X, y)
+        self.calibrator_ = recalibration(self, X, y, cv)
         return self
 
     def predict(self, X: Any) -> np.ndarray:
