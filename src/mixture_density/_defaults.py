@@ -193,7 +193,7 @@ def member_components(n_train: int, n_members: int | None, n_components: int) ->
     default ensemble) means ``MEMBERS`` networks of each kind below ``NOISE_ROWS`` and
     ``MID_MEMBERS`` of each kind from there to ``MIXED_ROWS``: on 200 to 1,000 rows six
     networks scored within 0.03 nats of ten on average (UCI Boston, Concrete, Energy,
-    Yacht) in 60% of the time. The single Gaussians also bound what a test value costs
+    Yacht) in about 70% of the time. The single Gaussians also bound what a test value costs
     when the mixtures put narrow components on tied target values (UCI wine, 1,295
     training rows: the worst of 20 splits 2.4 nats per row with them, 11.0 without).
 
