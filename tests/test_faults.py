@@ -114,6 +114,34 @@ def test_signal_while_importing_gives_one_line(work: Path, sig: int, code: int, 
     assert files(work) == before
 
 
+def test_an_interrupt_python_ignores_is_raised_again(capsys: pytest.CaptureFixture[str]) -> None:
+    """A signal whose handler runs where Python ignores exceptions (here a ``__del__``; in
+    the wild importlib's module-lock callbacks while torch imports, where a SIGTERM was
+    lost and the fit ran to the end): no "Exception ignored" print, and ``check`` raises."""
+    from mixture_density import _signals
+
+    class RunsTheHandler:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # the handler raises inside __del__
+
+    seen: list[object] = []
+    outer = sys.unraisablehook
+    sys.unraisablehook = seen.append  # what reaches the hook would be printed
+    try:
+        with _signals.handled():
+            obj = RunsTheHandler()
+            del obj
+            assert _signals.received() == signal.SIGTERM
+            with pytest.raises(KeyboardInterrupt):
+                _signals.check()
+    finally:
+        sys.unraisablehook = outer
+    assert seen == [] and "Exception ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is not _signals._raise  # handlers restored
+    _signals.reset()
+    _signals.check()  # nothing pending: no raise
+
+
 def big_data(path: Path) -> Path:
     """Data whose epochs take a few milliseconds (fitted with --patience 100000: no early
     stopping), so that a signal a few seconds into training finds epochs completed."""

@@ -6,17 +6,32 @@ removes its temporary file, ``training.fit`` restores its best weights, and the 
 reports one line. Which signal came last decides the exit status (130 for SIGINT, 143 for
 SIGTERM, the shell's ``128 + signal number`` convention). This module imports nothing heavy,
 so the command can install the handlers before torch is imported.
+
+Python ignores an exception raised where nothing can catch it (a weakref callback, a
+``__del__``; importlib runs such callbacks while torch imports): it prints "Exception
+ignored in ..." and goes on. Inside :func:`handled` that print is silenced for our
+``KeyboardInterrupt``, and :func:`check` raises it again at the next point that can take it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
-__all__ = ["EXIT_INTERRUPTED", "describe", "exit_status", "handled", "received", "reset"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "check",
+    "describe",
+    "exit_status",
+    "handled",
+    "received",
+    "reset",
+]
 
 #: Exit status after Ctrl-C (SIGINT).
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -28,6 +43,25 @@ def _raise(signum: int, frame: FrameType | None) -> None:
     global _received
     _received = signum
     raise KeyboardInterrupt
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` if a signal came in while :func:`handled` was active.
+
+    For the places after work whose interrupt Python may have ignored (see above).
+    """
+    if _received is not None:
+        raise KeyboardInterrupt
+
+
+def _quiet(previous: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """An unraisable-exception hook that drops our own ignored interrupts."""
+
+    def hook(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _received is not None):
+            previous(unraisable)
+
+    return hook
 
 
 def received() -> int | None:
@@ -63,6 +97,8 @@ def handled() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _quiet(unraisable)
     for sig in previous:
         signal.signal(sig, _raise)
     try:
@@ -70,3 +106,4 @@ def handled() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = unraisable

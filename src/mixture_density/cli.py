@@ -105,6 +105,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
     from . import _commands
 
+    _signals.check()  # a signal during the imports may have been ignored by Python
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(args.threads)
