@@ -423,4 +423,4 @@ def _probability(text: str) -> float:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
