@@ -163,6 +163,23 @@ def test_an_interrupt_python_ignores_is_raised_again(capsys: pytest.CaptureFixtu
     _signals.check()  # nothing pending: no raise
 
 
+def test_a_signal_during_the_imports_waits_for_them() -> None:
+    """Inside ``deferred`` (mdn's import of torch) a signal is recorded, not raised: raised
+    inside an extension's C++ initialization it aborted the process (status -6)."""
+    from mixture_density import _signals
+
+    with _signals.handled():
+        with _signals.deferred():
+            signal.raise_signal(signal.SIGINT)
+            assert _signals.received() == signal.SIGINT  # and nothing raised here
+        with pytest.raises(KeyboardInterrupt):
+            _signals.check()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)  # outside the block: at once
+    assert _signals.exit_status() == 143
+    _signals.reset()
+
+
 def big_data(path: Path) -> Path:
     """Data whose epochs take a few milliseconds (fitted with --patience 100000: no early
     stopping), so that a signal a few seconds into training finds epochs completed."""

@@ -7,7 +7,12 @@ reports one line. Which signal came last decides the exit status (130 for SIGINT
 SIGTERM, the shell's ``128 + signal number`` convention). This module imports nothing heavy,
 so the command can install the handlers before torch is imported.
 
-Python ignores an exception raised where nothing can catch it (a weakref callback, a
+Importing torch is done inside :func:`deferred`, where a signal is only recorded:
+an exception raised in the middle of an extension module's C++ initialization can abort the
+process ("terminate called after throwing an instance of 'pybind11::error_already_set'",
+status -6). :func:`check` raises it once the import is done, a second or two later.
+
+Python also ignores an exception raised where nothing can catch it (a weakref callback, a
 ``__del__``; importlib runs such callbacks while torch imports): it prints "Exception
 ignored in ..." and goes on. Inside :func:`handled` that print is silenced for our
 ``KeyboardInterrupt``, and :func:`check` raises it again at the next point that can take it.
@@ -26,6 +31,7 @@ from typing import Any
 __all__ = [
     "EXIT_INTERRUPTED",
     "check",
+    "deferred",
     "describe",
     "exit_status",
     "handled",
@@ -37,12 +43,26 @@ __all__ = [
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 _received: int | None = None
+_deferring = False
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
     global _received
     _received = signum
-    raise KeyboardInterrupt
+    if not _deferring:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Inside the block a signal is recorded, not raised; call :func:`check` after it."""
+    global _deferring
+    before = _deferring
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = before
 
 
 def check() -> None:

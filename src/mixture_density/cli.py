@@ -118,11 +118,11 @@ def _run(argv: Sequence[str] | None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    import torch
+    with _signals.deferred():  # an interrupt raised inside torch's C++ import aborts
+        import torch
 
-    from . import _commands
-
-    _signals.check()  # a signal during the imports may have been ignored by Python
+        from . import _commands
+    _signals.check()  # a signal during the imports: stop now
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(args.threads)
