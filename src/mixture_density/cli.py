@@ -62,9 +62,9 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mdn`` command.
 
-    Ctrl-C (SIGINT) and SIGTERM stop the command at any moment, imports included, with one
-    line on stderr and status 130 or 143; no output file is left half written, and an
-    interrupted ``fit`` never replaces its ``--out`` file.
+    Ctrl-C (SIGINT) and SIGTERM stop the command at any moment (during the import of torch,
+    as soon as it is done), with one line on stderr and status 130 or 143; no output file is
+    left half written, and an interrupted ``fit`` never replaces its ``--out`` file.
 
     Args:
         argv: Arguments without the program name; ``None`` reads ``sys.argv[1:]``.
