@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _env, _signals
 from ._csv import Table, column_indices, read_header, write_csv
-from ._errors import EXIT_FAILURE, MixtureDensityError, fail
+from ._errors import EXIT_FAILURE, MixtureDensityError, exit_now, fail
 from ._files import MODEL_SUFFIXES, TABLE_SUFFIXES, check_output_path, figure_suffixes, save_figure
 from ._options import STOP_INTERRUPTED
 
@@ -296,10 +296,7 @@ def _fit_distributed(
     # after all of its work is done (docs/scaling.md, "Exit"); a bare DDP script does it
     # too. The model is written and the group destroyed, so end the process here, skipping
     # that shutdown, so that the exit status says what happened.
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)
 
 
 def _TARGET_OPTIONS(args: argparse.Namespace) -> list[tuple[str, Any]]:  # noqa: N802

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from typing import NoReturn
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "MixtureDensityError", "fail"]
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "MixtureDensityError", "exit_now", "fail"]
 
 #: Exit status for user errors (bad input or arguments), as argparse uses.
 EXIT_USAGE = 2
@@ -45,3 +48,13 @@ def fail(message: str, code: int = EXIT_USAGE) -> int:
         text = text[: MAX_MESSAGE_CHARS - 3] + "..."
     print(f"mdn: error: {text}", file=sys.stderr)
     return code
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` at once: flush stdout and stderr, skip the interpreter's
+    shutdown (``os._exit``). For exits whose status that shutdown would change: after a
+    signal (see ``cli.run``) and after DDP over gloo (``_commands``)."""
+    with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

@@ -36,7 +36,7 @@ from typing import NoReturn, TextIO
 # Only light modules at import time: main() installs the signal handling before torch and
 # numpy are imported (importing torch takes about a second, and Ctrl-C may come then).
 from . import _signals
-from ._errors import EXIT_USAGE, MixtureDensityError, fail
+from ._errors import EXIT_USAGE, MixtureDensityError, exit_now, fail
 
 __all__ = ["main", "run"]
 
@@ -101,9 +101,7 @@ def run() -> NoReturn:
     """
     code = main()
     if _signals.received() is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)
     sys.exit(code)
 
 

@@ -297,9 +297,9 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         Learns a monotone map ``R`` of ``[0, 1]`` that makes the PIT values ``F(y | x)`` of
         ``(X, y)`` (rows the model was not trained on) uniform and forecasts ``R(F)`` from
         then on: every prediction method uses it but :meth:`predict_mode`, which stays the
-        model's. ``R`` is piecewise linear through the PIT
-        values' quantiles at plotting positions ``q (n + 1)``, so the recalibrated intervals
-        cover their level in expectation even on few rows, and its slope stays bounded
+        model's. ``R`` is piecewise linear through the PIT values' quantiles at plotting
+        positions ``q (n + 1)``, so the recalibrated intervals cover their level in
+        expectation even on few rows, and its slope stays bounded
         (``mixture_density._calibration``). One continuous output only (bounds allowed, not
         a grid). Calling it again replaces the previous recalibration. With ``cv=k``, ``R``
         comes from the out-of-fold PIT values of ``k`` copies (same parameters) fitted on the
